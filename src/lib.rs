@@ -1,0 +1,27 @@
+//! tandem grades a whole class's homework with local language models and measures, call by
+//! call, how well the model servers did the work.
+//!
+//! The modules follow a submission's path through a batch:
+//!
+//! ```text
+//! inbox ─scan─▶ queue (claim) ─▶ submission (load & normalise) ─▶ scheduler ─▶ backend (stream)
+//!                                                                     │
+//! report ◀── diagnostics ◀── record (outbox JSON) ◀── grading ◀───────┘
+//! ```
+//!
+//! [`batch::run`] drives one batch end to end; [`grade_one`] grades a single submission with a
+//! given configuration and returns its record, for programs that embed tandem.
+
+pub mod backend;
+pub mod batch;
+pub mod config;
+pub mod diagnostics;
+pub mod grading;
+pub mod inbox;
+pub mod progress;
+pub mod queue;
+pub mod record;
+pub mod report;
+pub mod rubric;
+pub mod scheduler;
+pub mod submission;

@@ -1,0 +1,232 @@
+//! The result record: one JSON file per submission in `outbox/<batch>/`.
+//!
+//! This module owns the shape of what tandem writes for each submission, graded or failed, and
+//! nothing else: figures are computed in [`crate::diagnostics`], grades in [`crate::grading`].
+//! Field names follow the original system's diagnostics (`generation_time_seconds`,
+//! `tokens_per_second`, ...) so that its users find them where they used to be.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Role;
+
+/// Whether a submission ended with a grade or with a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Both roles answered and both answers validated.
+    Graded,
+    /// Something stopped the submission; `error` says what.
+    Failed,
+    /// The same bytes were already graded under the same grading configuration.
+    Duplicate,
+}
+
+/// One submission's record, as written to the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultRecord {
+    pub status: Status,
+    /// The batch this record belongs to (the name of its outbox folder).
+    pub batch: String,
+    pub submission: SubmissionInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RecordError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grade: Option<Grade>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<Feedback>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_analysis: Option<CodeAnalysis>,
+    /// Markers for human review, such as `possible_prompt_injection`.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// Hash of everything that shapes a grade: rubric, prompts, models and settings.
+    pub grading_key: String,
+    pub performance_diagnostics: PerformanceDiagnostics,
+}
+
+/// What was graded: the files, their format and hash, and who handed them in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SubmissionInfo {
+    /// Unique within the batch; also the record's file name without `.json`.
+    pub id: String,
+    /// The files of the submission, relative to the inbox entry that held them.
+    pub files: Vec<String>,
+    /// `notebook`, `python`, `r`, `rmarkdown`, `sql`, `markdown`, `text` or `mixed`.
+    pub format: String,
+    /// SHA-256 of the submission's bytes (of all its files, in order, for a folder).
+    pub sha256: String,
+    pub bytes: u64,
+    pub student: Student,
+    /// Where the original bytes are kept, relative to the state folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<String>,
+}
+
+/// Who submitted, as far as the file name or LMS layout reveals it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Student {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The LMS's id for the student (Canvas user id, Moodle participant id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lms_id: Option<String>,
+    #[serde(default)]
+    pub late: bool,
+}
+
+/// Why a submission failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordError {
+    /// A stable, machine-readable kind such as `empty`, `not_utf8`, `http_status`, `invalid_grade`.
+    pub kind: String,
+    /// A sentence naming the file, server or criterion at fault and what is wrong.
+    pub message: String,
+}
+
+/// The grade, as computed by tandem from the code-analysis model's per-criterion scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grade {
+    pub score: f64,
+    pub max_score: f64,
+    pub criteria: Vec<CriterionScore>,
+}
+
+/// One rubric criterion's score and the evidence the model gave for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CriterionScore {
+    pub id: String,
+    pub name: String,
+    pub score: f64,
+    pub max: f64,
+    pub evidence: String,
+}
+
+/// The student-facing text written by the feedback model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    pub summary: String,
+    pub strengths: Vec<String>,
+    pub improvements: Vec<String>,
+}
+
+/// The code-analysis model's findings beyond the scores.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CodeAnalysis {
+    pub summary: String,
+}
+
+/// Per-call and per-submission figures, under the original system's names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PerformanceDiagnostics {
+    /// When the record was made, in local time with its offset.
+    pub timestamp: DateTime<FixedOffset>,
+    /// The calls that finished, keyed by role (`code_analysis`, `feedback`).
+    pub calls: BTreeMap<Role, CallRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combined_metrics: Option<CombinedMetrics>,
+}
+
+/// Where a prompt-evaluation time came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptEvalSource {
+    /// The server's own prefill timing (llama.cpp `timings.prompt_ms`, Ollama, vLLM metrics).
+    Server,
+    /// The measured time to first token, which also holds any queueing on the server.
+    Ttft,
+}
+
+/// Where a token count came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// The server's `usage` object.
+    Server,
+    /// Counted by tandem from the text because the server reported none.
+    Estimated,
+}
+
+/// A performance category against the configured thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Excellent,
+    Good,
+    NeedsOptimisation,
+}
+
+impl Category {
+    /// The category's name as it appears in records and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Excellent => "excellent",
+            Category::Good => "good",
+            Category::NeedsOptimisation => "needs_optimisation",
+        }
+    }
+}
+
+/// One call to a model server: the seed's figures plus what tandem measures on top.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub role: Role,
+    pub model: String,
+    /// The backend's configured name.
+    pub server: String,
+    pub server_url: String,
+    pub prompt_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    /// t_end − t_send of the attempt that produced the answer.
+    pub generation_time_seconds: f64,
+    /// output_tokens / generation_time_seconds.
+    pub tokens_per_second: f64,
+    pub prompt_eval_time_seconds: f64,
+    pub prompt_eval_source: PromptEvalSource,
+    /// t_first − t_send: the first content or reasoning delta.
+    pub time_to_first_token_seconds: f64,
+    /// (output_tokens − 1) / (t_end − t_first); absent with fewer than two tokens.
+    pub decode_tokens_per_second: Option<f64>,
+    /// Time the call waited for a free slot on a backend before it was sent.
+    pub queue_wait_seconds: f64,
+    pub token_source: TokenSource,
+    pub finish_reason: Option<String>,
+    /// Requests sent for this call, counting retries.
+    pub attempts: u32,
+    pub category: Category,
+    /// Prompt tokens the server took from its cache, where it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_prompt_tokens: Option<u64>,
+    /// t_send, t_first and t_end as wall-clock times, so batches can be rebuilt from records.
+    pub sent_at: DateTime<FixedOffset>,
+    pub first_token_at: DateTime<FixedOffset>,
+    pub finished_at: DateTime<FixedOffset>,
+    /// What went wrong on the attempts before the one that answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<RetryNote>,
+}
+
+/// One failed attempt of a call that was tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryNote {
+    pub server: String,
+    pub kind: String,
+    pub message: String,
+}
+
+/// A submission's figures over its calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CombinedMetrics {
+    pub total_tokens_processed: u64,
+    pub total_output_tokens: u64,
+    /// Last t_end − first t_send over the submission's calls.
+    pub wall_time_seconds: f64,
+    /// Σ generation time / wall time.
+    pub parallel_efficiency: f64,
+    /// Σ output tokens / wall time.
+    pub combined_throughput_tokens_per_second: f64,
+    pub category: Category,
+}

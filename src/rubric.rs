@@ -1,0 +1,203 @@
+//! The rubric: what the assignment asked and the criteria a submission is scored on.
+//!
+//! A rubric is a TOML file:
+//!
+//! ```toml
+//! title = "Regional sales analysis"
+//! task = "Load sales.csv, clean it, and compare revenue across regions."
+//! reference_solution = "optional: code or notes the graders may compare against"
+//!
+//! [[criterion]]
+//! id = "loading"
+//! name = "Loads and cleans the data"
+//! points = 2
+//! description = "Reads the CSV, fixes types, handles missing values."
+//! levels = { 2 = "all three", 1 = "reads it but leaves gaps", 0 = "does not load it" }
+//! ```
+//!
+//! This module reads and checks that file; how a rubric becomes a prompt is
+//! [`crate::grading`]'s business.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A rubric that could not be used, naming the file and the criterion or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RubricError {
+    #[error("{path}: cannot read the rubric: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RubricFile {
+    title: String,
+    task: String,
+    reference_solution: Option<String>,
+    #[serde(default)]
+    criterion: Vec<CriterionFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CriterionFile {
+    id: String,
+    name: String,
+    points: u32,
+    description: String,
+    #[serde(default)]
+    levels: BTreeMap<String, String>,
+}
+
+/// A validated rubric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rubric {
+    /// The file it was read from.
+    pub source: PathBuf,
+    pub title: String,
+    /// What the assignment asked the students to do.
+    pub task: String,
+    pub reference_solution: Option<String>,
+    pub criteria: Vec<Criterion>,
+    /// The rubric file's text, which is part of the grading key.
+    pub text: String,
+}
+
+/// One criterion a submission is scored on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Criterion {
+    /// Short and stable: letters, digits and `_`; used as a JSON key in replies.
+    pub id: String,
+    pub name: String,
+    pub points: u32,
+    /// What earns the points.
+    pub description: String,
+    /// What earns each score, highest first, where the rubric spells it out.
+    pub levels: Vec<(u32, String)>,
+}
+
+impl Rubric {
+    /// The most points a submission can get.
+    pub fn max_score(&self) -> u32 {
+        self.criteria.iter().map(|c| c.points).sum()
+    }
+
+    /// Reads and validates a rubric file.
+    pub fn load(path: &Path) -> Result<Rubric, RubricError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RubricError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Rubric::from_toml(path, &text)
+    }
+
+    /// Validates rubric text as if it had been read from `path`.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Rubric, RubricError> {
+        let file: RubricFile = toml::from_str(text).map_err(|err| RubricError::Parse {
+            path: path.to_path_buf(),
+            line: err
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(1),
+            message: err.message().trim().replace('\n', " "),
+        })?;
+        let invalid = |key: String, message: String| RubricError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+
+        if file.title.trim().is_empty() {
+            return Err(invalid("title".into(), "must not be empty".into()));
+        }
+        if file.task.trim().is_empty() {
+            return Err(invalid("task".into(), "must say what the assignment asked".into()));
+        }
+        if file.criterion.is_empty() {
+            return Err(invalid("criterion".into(), "the rubric has no [[criterion]]".into()));
+        }
+
+        let mut criteria: Vec<Criterion> = Vec::new();
+        for (i, c) in file.criterion.into_iter().enumerate() {
+            let at = |k: &str| format!("criterion[{i}].{k}");
+            let valid_id = !c.id.is_empty()
+                && c.id.len() <= 40
+                && c.id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+            if !valid_id {
+                return Err(invalid(
+                    at("id"),
+                    format!("`{}` must be 1 to 40 letters, digits or underscores", c.id),
+                ));
+            }
+            if criteria.iter().any(|other| other.id == c.id) {
+                return Err(invalid(at("id"), format!("`{}` is used by two criteria", c.id)));
+            }
+            if c.name.trim().is_empty() {
+                return Err(invalid(at("name"), format!("criterion `{}` has an empty name", c.id)));
+            }
+            if c.points == 0 || c.points > 1000 {
+                return Err(invalid(
+                    at("points"),
+                    format!("criterion `{}` must be worth 1 to 1000 points", c.id),
+                ));
+            }
+            if c.description.trim().is_empty() {
+                return Err(invalid(
+                    at("description"),
+                    format!("criterion `{}` must say what earns its points", c.id),
+                ));
+            }
+            let mut levels = Vec::new();
+            for (score, meaning) in c.levels {
+                let value: u32 = score.parse().map_err(|_| {
+                    invalid(
+                        at("levels"),
+                        format!("criterion `{}`: level `{score}` is not a whole number", c.id),
+                    )
+                })?;
+                if value > c.points {
+                    return Err(invalid(
+                        at("levels"),
+                        format!("criterion `{}`: level {value} is above its {} points", c.id, c.points),
+                    ));
+                }
+                levels.push((value, meaning));
+            }
+            levels.sort_by(|a, b| b.0.cmp(&a.0));
+            criteria.push(Criterion {
+                id: c.id,
+                name: c.name,
+                points: c.points,
+                description: c.description,
+                levels,
+            });
+        }
+
+        Ok(Rubric {
+            source: path.to_path_buf(),
+            title: file.title,
+            task: file.task,
+            reference_solution: file.reference_solution.filter(|s| !s.trim().is_empty()),
+            criteria,
+            text: text.to_string(),
+        })
+    }
+}
