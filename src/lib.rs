@@ -16,6 +16,8 @@ pub mod backend;
 pub mod batch;
 pub mod config;
 pub mod diagnostics;
+#[cfg(feature = "fake-server")]
+pub mod fake_server;
 pub mod grading;
 pub mod inbox;
 pub mod progress;
