@@ -280,9 +280,18 @@ impl Default for Thresholds {
     /// The original system's boundaries.
     fn default() -> Self {
         Thresholds {
-            code_analysis: Threshold { excellent: 30.0, good: 20.0 },
-            feedback: Threshold { excellent: 35.0, good: 25.0 },
-            combined: Threshold { excellent: 60.0, good: 40.0 },
+            code_analysis: Threshold {
+                excellent: 30.0,
+                good: 20.0,
+            },
+            feedback: Threshold {
+                excellent: 35.0,
+                good: 25.0,
+            },
+            combined: Threshold {
+                excellent: 60.0,
+                good: 40.0,
+            },
         }
     }
 }
@@ -394,7 +403,9 @@ impl Config {
                 return Err(ConfigError::invalid(
                     path,
                     "backend",
-                    format!("no backend serves the `{role}` role; add a [[backend]] with role = \"{role}\""),
+                    format!(
+                        "no backend serves the `{role}` role; add a [[backend]] with role = \"{role}\""
+                    ),
                 ));
             }
         }
@@ -419,7 +430,10 @@ impl Config {
             ("thresholds.feedback", thresholds.feedback),
             ("thresholds.combined", thresholds.combined),
         ] {
-            if !(t.excellent.is_finite() && t.good.is_finite() && t.good >= 0.0 && t.excellent >= t.good)
+            if !(t.excellent.is_finite()
+                && t.good.is_finite()
+                && t.good >= 0.0
+                && t.excellent >= t.good)
             {
                 return Err(ConfigError::invalid(
                     path,
@@ -434,25 +448,48 @@ impl Config {
             if v.is_finite() && v > 0.0 {
                 Ok(Duration::from_secs_f64(v))
             } else {
-                Err(ConfigError::invalid(path, key, "must be a positive number of seconds"))
+                Err(ConfigError::invalid(
+                    path,
+                    key,
+                    "must be a positive number of seconds",
+                ))
             }
         };
         let grading = GradingSettings {
             temperature: if (0.0..=2.0).contains(&g.temperature) {
                 g.temperature
             } else {
-                return Err(ConfigError::invalid(path, "grading.temperature", "must be within 0..2"));
+                return Err(ConfigError::invalid(
+                    path,
+                    "grading.temperature",
+                    "must be within 0..2",
+                ));
             },
             seed: g.seed,
-            code_analysis_max_tokens: nonzero(path, "grading.code_analysis_max_tokens", g.code_analysis_max_tokens)?,
-            feedback_max_tokens: nonzero(path, "grading.feedback_max_tokens", g.feedback_max_tokens)?,
+            code_analysis_max_tokens: nonzero(
+                path,
+                "grading.code_analysis_max_tokens",
+                g.code_analysis_max_tokens,
+            )?,
+            feedback_max_tokens: nonzero(
+                path,
+                "grading.feedback_max_tokens",
+                g.feedback_max_tokens,
+            )?,
             max_submission_chars: if g.max_submission_chars >= 200 {
                 g.max_submission_chars
             } else {
-                return Err(ConfigError::invalid(path, "grading.max_submission_chars", "must be at least 200"));
+                return Err(ConfigError::invalid(
+                    path,
+                    "grading.max_submission_chars",
+                    "must be at least 200",
+                ));
             },
             read_timeout: positive("grading.read_timeout_seconds", g.read_timeout_seconds)?,
-            connect_timeout: positive("grading.connect_timeout_seconds", g.connect_timeout_seconds)?,
+            connect_timeout: positive(
+                "grading.connect_timeout_seconds",
+                g.connect_timeout_seconds,
+            )?,
             retries: g.retries,
         };
 
@@ -460,12 +497,20 @@ impl Config {
             settle: if file.inbox.settle_seconds.is_finite() && file.inbox.settle_seconds >= 0.0 {
                 Duration::from_secs_f64(file.inbox.settle_seconds)
             } else {
-                return Err(ConfigError::invalid(path, "inbox.settle_seconds", "must be zero or more seconds"));
+                return Err(ConfigError::invalid(
+                    path,
+                    "inbox.settle_seconds",
+                    "must be zero or more seconds",
+                ));
             },
             max_file_bytes: if file.inbox.max_file_bytes > 0 {
                 file.inbox.max_file_bytes
             } else {
-                return Err(ConfigError::invalid(path, "inbox.max_file_bytes", "must be above zero"));
+                return Err(ConfigError::invalid(
+                    path,
+                    "inbox.max_file_bytes",
+                    "must be above zero",
+                ));
             },
         };
 
@@ -482,7 +527,9 @@ impl Config {
 
     /// The backends that serve a role, in configuration order.
     pub fn backends_for(&self, role: Role) -> impl Iterator<Item = &BackendConfig> {
-        self.backends.iter().filter(move |b| b.roles.contains(&role))
+        self.backends
+            .iter()
+            .filter(move |b| b.roles.contains(&role))
     }
 }
 
@@ -502,11 +549,21 @@ fn validate_backend(path: &Path, i: usize, raw: BackendFile) -> Result<BackendCo
 
     let role_names = match (raw.role, raw.roles) {
         (Some(_), Some(_)) => {
-            return Err(ConfigError::invalid(path, key("roles"), "give `role` or `roles`, not both"));
+            return Err(ConfigError::invalid(
+                path,
+                key("roles"),
+                "give `role` or `roles`, not both",
+            ));
         }
         (Some(one), None) => vec![one],
         (None, Some(many)) if !many.is_empty() => many,
-        _ => return Err(ConfigError::invalid(path, key("role"), "missing: `code_analysis` or `feedback`")),
+        _ => {
+            return Err(ConfigError::invalid(
+                path,
+                key("role"),
+                "missing: `code_analysis` or `feedback`",
+            ));
+        }
     };
     let mut roles = Vec::new();
     for name in role_names {
@@ -518,17 +575,25 @@ fn validate_backend(path: &Path, i: usize, raw: BackendFile) -> Result<BackendCo
         }
     }
 
-    let url = Url::parse(raw.url.trim())
-        .map_err(|e| ConfigError::invalid(path, key("url"), format!("`{}` is not a URL: {e}", raw.url)))?;
+    let url = Url::parse(raw.url.trim()).map_err(|e| {
+        ConfigError::invalid(path, key("url"), format!("`{}` is not a URL: {e}", raw.url))
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(ConfigError::invalid(
             path,
             key("url"),
-            format!("`{}` must be an http:// or https:// URL with a host", raw.url),
+            format!(
+                "`{}` must be an http:// or https:// URL with a host",
+                raw.url
+            ),
         ));
     }
     if raw.model.trim().is_empty() {
-        return Err(ConfigError::invalid(path, key("model"), "must not be empty"));
+        return Err(ConfigError::invalid(
+            path,
+            key("model"),
+            "must not be empty",
+        ));
     }
 
     let max_concurrency = match raw.max_concurrency {
@@ -541,7 +606,9 @@ fn validate_backend(path: &Path, i: usize, raw: BackendFile) -> Result<BackendCo
                 return Err(ConfigError::invalid(
                     path,
                     key("max_concurrency"),
-                    format!("`{s}`: the ceiling after `auto:` must be a whole number from 1 to 256"),
+                    format!(
+                        "`{s}`: the ceiling after `auto:` must be a whole number from 1 to 256"
+                    ),
                 ));
             }
         },
@@ -569,7 +636,11 @@ fn validate_backend(path: &Path, i: usize, raw: BackendFile) -> Result<BackendCo
     if let Some(var) = &raw.api_key_env
         && (var.is_empty() || var.contains('='))
     {
-        return Err(ConfigError::invalid(path, key("api_key_env"), "must name an environment variable"));
+        return Err(ConfigError::invalid(
+            path,
+            key("api_key_env"),
+            "must name an environment variable",
+        ));
     }
 
     Ok(BackendConfig {

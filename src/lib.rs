@@ -10,7 +10,24 @@
 //! ```
 //!
 //! [`batch::run`] drives one batch end to end; [`grade_one`] grades a single submission with a
-//! given configuration and returns its record, for programs that embed tandem.
+//! given configuration and returns its record, for programs that embed tandem:
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use std::sync::Arc;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Arc::new(tandem::config::Config::load(Path::new("tandem.toml"))?);
+//! let record = tandem::grade_one(config, Path::new("inbox/smithjane_1234_5678_hw.ipynb")).await?;
+//! if let Some(grade) = &record.grade {
+//!     println!("{} / {}", grade.score, grade.max_score);
+//! }
+//! for (role, call) in &record.performance_diagnostics.calls {
+//!     println!("{role}: {} tokens at {:.1} tok/s", call.output_tokens, call.tokens_per_second);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod backend;
 pub mod batch;
@@ -27,3 +44,5 @@ pub mod report;
 pub mod rubric;
 pub mod scheduler;
 pub mod submission;
+
+pub use batch::grade_one;

@@ -129,10 +129,16 @@ impl Rubric {
             return Err(invalid("title".into(), "must not be empty".into()));
         }
         if file.task.trim().is_empty() {
-            return Err(invalid("task".into(), "must say what the assignment asked".into()));
+            return Err(invalid(
+                "task".into(),
+                "must say what the assignment asked".into(),
+            ));
         }
         if file.criterion.is_empty() {
-            return Err(invalid("criterion".into(), "the rubric has no [[criterion]]".into()));
+            return Err(invalid(
+                "criterion".into(),
+                "the rubric has no [[criterion]]".into(),
+            ));
         }
 
         let mut criteria: Vec<Criterion> = Vec::new();
@@ -140,7 +146,9 @@ impl Rubric {
             let at = |k: &str| format!("criterion[{i}].{k}");
             let valid_id = !c.id.is_empty()
                 && c.id.len() <= 40
-                && c.id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+                && c.id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
             if !valid_id {
                 return Err(invalid(
                     at("id"),
@@ -148,10 +156,16 @@ impl Rubric {
                 ));
             }
             if criteria.iter().any(|other| other.id == c.id) {
-                return Err(invalid(at("id"), format!("`{}` is used by two criteria", c.id)));
+                return Err(invalid(
+                    at("id"),
+                    format!("`{}` is used by two criteria", c.id),
+                ));
             }
             if c.name.trim().is_empty() {
-                return Err(invalid(at("name"), format!("criterion `{}` has an empty name", c.id)));
+                return Err(invalid(
+                    at("name"),
+                    format!("criterion `{}` has an empty name", c.id),
+                ));
             }
             if c.points == 0 || c.points > 1000 {
                 return Err(invalid(
@@ -170,18 +184,24 @@ impl Rubric {
                 let value: u32 = score.parse().map_err(|_| {
                     invalid(
                         at("levels"),
-                        format!("criterion `{}`: level `{score}` is not a whole number", c.id),
+                        format!(
+                            "criterion `{}`: level `{score}` is not a whole number",
+                            c.id
+                        ),
                     )
                 })?;
                 if value > c.points {
                     return Err(invalid(
                         at("levels"),
-                        format!("criterion `{}`: level {value} is above its {} points", c.id, c.points),
+                        format!(
+                            "criterion `{}`: level {value} is above its {} points",
+                            c.id, c.points
+                        ),
                     ));
                 }
                 levels.push((value, meaning));
             }
-            levels.sort_by(|a, b| b.0.cmp(&a.0));
+            levels.sort_by_key(|level| std::cmp::Reverse(level.0));
             criteria.push(Criterion {
                 id: c.id,
                 name: c.name,

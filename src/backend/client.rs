@@ -212,6 +212,11 @@ impl ChatClient {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .read_timeout(read_timeout)
+            // A fresh connection per call: model servers close idle keep-alive connections
+            // (llama-server after a few seconds), and a request written to one that is closing
+            // fails with "connection closed before message completed". Connecting on a local
+            // network costs far less than the retry would.
+            .pool_max_idle_per_host(0)
             .no_proxy()
             .build()
             .map_err(|e| CallError::Connect {
@@ -289,7 +294,9 @@ impl ChatClient {
                 detail: e.to_string(),
             })?;
             for event in events {
-                stream.take(&event.data, now).map_err(|detail| self.stream_error(detail))?;
+                stream
+                    .take(&event.data, now)
+                    .map_err(|detail| self.stream_error(detail))?;
             }
             if stream.done {
                 break;
@@ -306,9 +313,39 @@ impl ChatClient {
                     .map_err(|detail| self.stream_error(detail))?;
             }
         }
-        stream.finish(Instant::now()).map_err(|detail| CallError::StreamCut {
-            url: self.endpoint.clone(),
-            detail,
+        stream
+            .finish(Instant::now())
+            .map_err(|detail| CallError::StreamCut {
+                url: self.endpoint.clone(),
+                detail,
+            })
+    }
+
+    /// A `GET` on a path of the server, for health checks: success or the error it met.
+    pub async fn get(&self, path: &str) -> Result<(), CallError> {
+        let url = format!("{}{path}", self.base.trim_end_matches("/v1"));
+        let mut builder = self.http.get(&url).timeout(Duration::from_secs(10));
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        let response = builder.send().await.map_err(|e| {
+            let mut error = self.transport_error(&e);
+            if let CallError::Connect { url: u, .. } | CallError::Timeout { url: u, .. } =
+                &mut error
+            {
+                u.clone_from(&url);
+            }
+            error
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(CallError::Http {
+            url,
+            status: status.as_u16(),
+            excerpt: excerpt(&body),
         })
     }
 
@@ -507,7 +544,10 @@ impl StreamState {
             return Ok(());
         }
         let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
-            StreamFailure::Decode(format!("a chunk is not valid JSON ({e}): {}", excerpt(data)))
+            StreamFailure::Decode(format!(
+                "a chunk is not valid JSON ({e}): {}",
+                excerpt(data)
+            ))
         })?;
         if let Some(error) = chunk.error {
             let message = error
@@ -527,7 +567,10 @@ impl StreamState {
                     self.content.push_str(&text);
                     produced = true;
                 }
-                for text in [delta.reasoning, delta.reasoning_content].into_iter().flatten() {
+                for text in [delta.reasoning, delta.reasoning_content]
+                    .into_iter()
+                    .flatten()
+                {
                     if !text.is_empty() {
                         self.reasoning.push_str(&text);
                         produced = true;
@@ -571,7 +614,10 @@ impl StreamState {
         let whole = self.done || (self.finish_reason.is_some() && self.usage.is_some());
         if !whole {
             let got = if self.first.is_some() {
-                format!("{} characters of answer, no finish reason", self.content.len())
+                format!(
+                    "{} characters of answer, no finish reason",
+                    self.content.len()
+                )
             } else {
                 "no tokens at all".to_string()
             };
@@ -606,8 +652,11 @@ mod tests {
     fn role_only_and_empty_deltas_do_not_start_the_first_token_clock() {
         let mut s = state();
         let t = Instant::now();
-        s.take(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#, t)
-            .unwrap();
+        s.take(
+            r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
+            t,
+        )
+        .unwrap();
         assert!(s.first.is_none());
         s.take(r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#, t)
             .unwrap();
@@ -636,8 +685,11 @@ mod tests {
     #[test]
     fn a_stream_without_its_final_chunk_is_cut() {
         let mut s = state();
-        s.take(r#"{"choices":[{"delta":{"content":"partial"}}]}"#, Instant::now())
-            .unwrap();
+        s.take(
+            r#"{"choices":[{"delta":{"content":"partial"}}]}"#,
+            Instant::now(),
+        )
+        .unwrap();
         let err = s.finish(Instant::now()).unwrap_err();
         assert!(err.contains("no finish reason"), "{err}");
     }
@@ -646,7 +698,10 @@ mod tests {
     fn an_error_object_inside_the_stream_is_a_server_error() {
         let mut s = state();
         let err = s
-            .take(r#"{"error":{"code":500,"message":"slot crashed"}}"#, Instant::now())
+            .take(
+                r#"{"error":{"code":500,"message":"slot crashed"}}"#,
+                Instant::now(),
+            )
             .unwrap_err();
         assert!(matches!(err, StreamFailure::Server(m) if m == "slot crashed"));
     }
@@ -656,7 +711,9 @@ mod tests {
         assert!(is_context_overflow(
             r#"{"error":{"type":"exceed_context_size_error","n_prompt_tokens":9000,"n_ctx":4096}}"#
         ));
-        assert!(is_context_overflow("This model's maximum context length is 8192 tokens"));
+        assert!(is_context_overflow(
+            "This model's maximum context length is 8192 tokens"
+        ));
         assert!(!is_context_overflow("model not found"));
     }
 }

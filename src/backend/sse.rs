@@ -147,7 +147,9 @@ mod tests {
     #[test]
     fn counts_comment_lines() {
         let mut parser = SseParser::new();
-        parser.push(b": keepalive 1/3\n: keepalive 2/3\ndata: x\n\n").unwrap();
+        parser
+            .push(b": keepalive 1/3\n: keepalive 2/3\ndata: x\n\n")
+            .unwrap();
         assert_eq!(parser.comments(), 2);
     }
 

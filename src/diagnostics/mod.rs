@@ -143,10 +143,7 @@ pub fn seconds_between(
     from: chrono::DateTime<chrono::FixedOffset>,
     to: chrono::DateTime<chrono::FixedOffset>,
 ) -> f64 {
-    (to - from)
-        .to_std()
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    (to - from).to_std().map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// Tokens per second, zero for an empty span.
