@@ -380,7 +380,7 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let resolve = |p: &Path| base.join(p);
+        let resolve = |p: &Path| normalise(&base.join(p));
 
         let paths = Paths {
             inbox: resolve(&file.paths.inbox),
@@ -533,6 +533,29 @@ impl Config {
     }
 }
 
+/// Removes `.` and `name/..` pairs from a path without touching the filesystem, so that
+/// messages show `outbox` rather than `examples/../outbox`.
+fn normalise(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 fn nonzero(path: &Path, key: &str, v: u32) -> Result<u32, ConfigError> {
     if v > 0 {
         Ok(v)
@@ -653,4 +676,18 @@ fn validate_backend(path: &Path, i: usize, raw: BackendFile) -> Result<BackendCo
         api,
         context_length: raw.context_length,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_resolved_against_the_config_folder_and_normalised() {
+        assert_eq!(normalise(Path::new("examples/../outbox")), PathBuf::from("outbox"));
+        assert_eq!(normalise(Path::new("./a/./b/../c")), PathBuf::from("a/c"));
+        assert_eq!(normalise(Path::new("../x")), PathBuf::from("../x"));
+        assert_eq!(normalise(Path::new("/srv/class/../inbox")), PathBuf::from("/srv/inbox"));
+        assert_eq!(normalise(Path::new("a/..")), PathBuf::from("."));
+    }
 }
