@@ -124,8 +124,8 @@ pub struct CallOutcome {
 pub enum CallError {
     #[error("cannot connect to {url}: {detail}")]
     Connect { url: String, detail: String },
-    #[error("{url} sent nothing for {seconds} s (read timeout)")]
-    Timeout { url: String, seconds: u64 },
+    #[error("{url} sent nothing for {} s (read timeout)", .read_timeout.as_secs_f64())]
+    Timeout { url: String, read_timeout: Duration },
     #[error("{url} answered HTTP {status}: {excerpt}")]
     Http {
         url: String,
@@ -354,7 +354,7 @@ impl ChatClient {
         if err.is_timeout() {
             CallError::Timeout {
                 url,
-                seconds: self.read_timeout.as_secs(),
+                read_timeout: self.read_timeout,
             }
         } else if err.is_connect() {
             CallError::Connect {
