@@ -121,6 +121,26 @@ pub async fn chat_error(
     }
 }
 
+/// The repository's `examples/` folder: the sample class, its rubric and configuration.
+pub fn examples() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// Runs the built `tandem` binary with `args` in `dir`, off the async runtime so that fake
+/// servers on it keep answering, and returns its exit status and output.
+pub async fn run_tandem(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut command = assert_cmd::cargo::cargo_bin_cmd!("tandem");
+    command
+        .current_dir(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .timeout(Duration::from_secs(60));
+    tokio::task::spawn_blocking(move || command.output().expect("the tandem binary runs"))
+        .await
+        .expect("the blocking task finishes")
+}
+
 /// Asserts that `actual` lies within `share` (e.g. 0.3 for ±30%) of `expected`.
 #[track_caller]
 pub fn assert_near(what: &str, actual: f64, expected: f64, share: f64) {
