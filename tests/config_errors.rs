@@ -149,7 +149,7 @@ async fn a_malformed_url_names_the_file_and_the_key() {
 async fn a_role_without_a_backend_names_the_role() {
     let line = config_with("role = \"feedback\"", "role = \"code_analysis\"").await;
     assert!(line.contains("tandem.toml"), "{line}");
-    assert!(line.contains("backend"), "{line}");
+    assert!(line.contains("`backend`"), "{line}");
     assert!(line.contains("feedback"), "{line}");
 }
 
@@ -165,7 +165,7 @@ async fn a_bad_max_concurrency_names_the_file_and_the_key() {
 #[tokio::test]
 async fn a_config_that_is_not_toml_names_the_file_and_line() {
     let line = config_with("[assignment]", "[assignment").await;
-    assert!(line.contains("tandem.toml:7"), "{line}");
+    assert!(line.contains("tandem.toml:7:"), "{line}");
 }
 
 #[tokio::test]
