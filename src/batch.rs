@@ -312,7 +312,10 @@ fn load_one(
             format: "unknown".into(),
             sha256: String::new(),
             bytes: meta.map(|m| m.len()).unwrap_or(0),
-            student: Default::default(),
+            // The LMS name still says whose it is, even when the file cannot be read.
+            student: submission::parse_lms_name(&name)
+                .map(|lms| lms.student())
+                .unwrap_or_default(),
             original: original.clone(),
         };
         Loaded::Failed(Box::new(grading::failed_before_grading(

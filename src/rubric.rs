@@ -115,7 +115,7 @@ impl Rubric {
             path: path.to_path_buf(),
             line: err
                 .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(1),
             message: err.message().trim().replace('\n', " "),
         })?;

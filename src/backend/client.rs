@@ -16,7 +16,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::sse::SseParser;
+use super::sse::{Event, SseParser};
 use crate::config::BackendConfig;
 
 /// How much of an error body is kept in a message.
@@ -124,8 +124,8 @@ pub struct CallOutcome {
 pub enum CallError {
     #[error("cannot connect to {url}: {detail}")]
     Connect { url: String, detail: String },
-    #[error("{url} sent nothing for {seconds} s (read timeout)")]
-    Timeout { url: String, seconds: u64 },
+    #[error("{url} sent nothing for {} s (read timeout)", .read_timeout.as_secs_f64())]
+    Timeout { url: String, read_timeout: Duration },
     #[error("{url} answered HTTP {status}: {excerpt}")]
     Http {
         url: String,
@@ -295,7 +295,7 @@ impl ChatClient {
             })?;
             for event in events {
                 stream
-                    .take(&event.data, now)
+                    .take_event(&event, now)
                     .map_err(|detail| self.stream_error(detail))?;
             }
             if stream.done {
@@ -309,7 +309,7 @@ impl ChatClient {
             })?;
             if let Some(event) = tail {
                 stream
-                    .take(&event.data, Instant::now())
+                    .take_event(&event, Instant::now())
                     .map_err(|detail| self.stream_error(detail))?;
             }
         }
@@ -354,7 +354,7 @@ impl ChatClient {
         if err.is_timeout() {
             CallError::Timeout {
                 url,
-                seconds: self.read_timeout.as_secs(),
+                read_timeout: self.read_timeout,
             }
         } else if err.is_connect() {
             CallError::Connect {
@@ -447,6 +447,19 @@ fn is_context_overflow(text: &str) -> bool {
         || lower.contains("maximum context")
 }
 
+/// The message of an error object from a stream, or the whole object when it has none.
+fn error_message(error: &Value) -> String {
+    let message = match error {
+        Value::String(text) => text.clone(),
+        _ => error
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| error.to_string()),
+    };
+    excerpt(&message)
+}
+
 /// A problem found while reading the stream's chunks.
 #[derive(Debug)]
 enum StreamFailure {
@@ -533,6 +546,22 @@ impl StreamState {
         }
     }
 
+    /// Takes one event, received at `now`. An event named `error` is the server's error,
+    /// whatever its data holds.
+    fn take_event(&mut self, event: &Event, now: Instant) -> Result<(), StreamFailure> {
+        if event.event.as_deref() == Some("error") {
+            let message = match serde_json::from_str::<Value>(&event.data) {
+                Ok(Value::Object(mut object)) => {
+                    let error = object.remove("error").unwrap_or(Value::Object(object));
+                    error_message(&error)
+                }
+                _ => excerpt(&event.data),
+            };
+            return Err(StreamFailure::Server(message));
+        }
+        self.take(&event.data, now)
+    }
+
     /// Takes one event's data, received at `now`.
     fn take(&mut self, data: &str, now: Instant) -> Result<(), StreamFailure> {
         let data = data.trim();
@@ -550,12 +579,7 @@ impl StreamState {
             ))
         })?;
         if let Some(error) = chunk.error {
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| error.to_string());
-            return Err(StreamFailure::Server(excerpt(&message)));
+            return Err(StreamFailure::Server(error_message(&error)));
         }
         if self.model.is_none() {
             self.model = chunk.model;
@@ -704,6 +728,24 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, StreamFailure::Server(m) if m == "slot crashed"));
+    }
+
+    #[test]
+    fn an_event_named_error_is_a_server_error() {
+        let mut s = state();
+        let legacy = Event {
+            event: Some("error".into()),
+            data: r#"{"code":500,"message":"slot crashed","type":"server_error"}"#.into(),
+        };
+        let err = s.take_event(&legacy, Instant::now()).unwrap_err();
+        assert!(matches!(err, StreamFailure::Server(m) if m == "slot crashed"));
+
+        let wrapped = Event {
+            event: Some("error".into()),
+            data: r#"{"error":{"message":"context full"}}"#.into(),
+        };
+        let err = s.take_event(&wrapped, Instant::now()).unwrap_err();
+        assert!(matches!(err, StreamFailure::Server(m) if m == "context full"));
     }
 
     #[test]

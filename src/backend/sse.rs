@@ -104,6 +104,14 @@ impl SseParser {
                 None => self.data = Some(value.to_string()),
             },
             "event" => self.event = Some(value.to_string()),
+            // Older llama.cpp builds sent a mid-stream error (a context overflow, say) in a
+            // non-standard `error:` field; it becomes an event named `error` rather than being
+            // dropped, which would make the failure look like a cut stream.
+            // See: https://github.com/ggml-org/llama.cpp/issues/16104
+            "error" => {
+                self.event = Some("error".to_string());
+                self.data = Some(value.to_string());
+            }
             // `id` and `retry` only matter to a reconnecting browser; tandem never reconnects,
             // because reconnecting would send the prompt again and start a second generation.
             _ => {}
@@ -159,6 +167,14 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].event.as_deref(), Some("error"));
         assert_eq!(events[0].data, "line one\nline two");
+    }
+
+    #[test]
+    fn keeps_a_legacy_error_field_as_an_error_event() {
+        let events = parse_all(&[b"data: {\"a\":1}\n\nerror: {\"message\":\"boom\"}\n\n"]);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].event.as_deref(), Some("error"));
+        assert_eq!(events[1].data, "{\"message\":\"boom\"}");
     }
 
     #[test]

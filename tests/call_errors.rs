@@ -1,0 +1,288 @@
+//! Each way a call can fail ends in its own error kind, and its message names the server's URL
+//! and says what went wrong, so that a failure record and the batch's failure counts can tell
+//! a server that is down from one that is overloaded, cut off, confused or too small.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use tandem::backend::{CallError, ChatClient};
+use tandem::fake_server::{Dialect, FakeServer, Fault, Reply, When};
+
+use common::{PATIENT, backend_at, chat, chat_error, request};
+
+/// A short read timeout for the tests about silence.
+const READ_TIMEOUT: Duration = Duration::from_millis(400);
+
+fn long_reply() -> Reply {
+    Reply::fixed("abcd".repeat(40))
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_error_naming_the_url() {
+    let url = FakeServer::refused_url().await;
+    let client =
+        ChatClient::new(&backend_at("gone", &url), Duration::from_secs(2), PATIENT).unwrap();
+    let error = client.chat(&request("hi", 16)).await.unwrap_err();
+
+    assert_eq!(error.kind(), "connect", "{error}");
+    assert!(error.to_string().contains(&url), "{error}");
+    assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn a_stopped_server_is_a_connect_error_until_it_restarts() {
+    let mut server = FakeServer::builder().start().await;
+    server.stop().await;
+    let error = chat_error(&server, PATIENT, &request("hi", 16)).await;
+    assert_eq!(error.kind(), "connect", "{error}");
+
+    server.restart().await.unwrap();
+    chat(&server, PATIENT, &request("hi", 16)).await;
+}
+
+#[tokio::test]
+async fn http_errors_keep_their_status_and_an_excerpt_of_the_body() {
+    for (fault, status, words) in [
+        (Fault::server_error(), 500, "Invalid input batch"),
+        (Fault::busy(), 503, "maximum pending requests exceeded"),
+        (Fault::loading(), 503, "Loading model"),
+        (Fault::model_not_found("fake-model"), 404, "does not exist"),
+    ] {
+        let server = FakeServer::builder()
+            .fault(fault.clone(), When::Every)
+            .start()
+            .await;
+        let error = chat_error(&server, PATIENT, &request("hi", 16)).await;
+
+        assert_eq!(error.kind(), "http_status", "{error}");
+        let CallError::Http {
+            status: got,
+            excerpt,
+            url,
+        } = &error
+        else {
+            panic!("{error:?}");
+        };
+        assert_eq!(*got, status);
+        assert!(excerpt.contains(words), "{excerpt}");
+        assert!(url.starts_with(&server.url()), "{url}");
+        assert!(
+            error.to_string().contains(&format!("HTTP {status}")),
+            "{error}"
+        );
+        assert_eq!(error.is_retryable(), status >= 500, "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_long_error_body_is_cut_to_an_excerpt_on_one_line() {
+    let body = serde_json::json!({"error": {"message": format!("line\n{}", "x".repeat(5000))}});
+    let server = FakeServer::builder()
+        .fault(Fault::status(502, body), When::Every)
+        .start()
+        .await;
+    let error = chat_error(&server, PATIENT, &request("hi", 16)).await;
+
+    let message = error.to_string();
+    assert_eq!(error.kind(), "http_status");
+    assert!(!message.contains('\n'), "{message}");
+    assert!(message.len() < 1000, "{} characters", message.len());
+}
+
+#[tokio::test]
+async fn a_stream_that_stops_without_its_final_chunk_is_cut() {
+    for fault in [
+        Fault::Drop { after_tokens: 3 },
+        Fault::EndEarly { after_tokens: 3 },
+        Fault::Drop { after_tokens: 0 },
+        Fault::EndEarly { after_tokens: 0 },
+    ] {
+        for dialect in [Dialect::LlamaCpp, Dialect::Mlx] {
+            let server = FakeServer::builder()
+                .dialect(dialect)
+                .reply(long_reply())
+                .fault(fault.clone(), When::Every)
+                .start()
+                .await;
+            let error = chat_error(&server, PATIENT, &request("hi", 64)).await;
+
+            assert_eq!(error.kind(), "stream_cut", "{fault:?} {dialect:?}: {error}");
+            assert!(error.to_string().contains(&server.url()), "{error}");
+            assert!(error.is_retryable());
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_error_event_inside_the_stream_is_a_server_error() {
+    for legacy_field in [false, true] {
+        let server = FakeServer::builder()
+            .reply(long_reply())
+            .fault(
+                Fault::ErrorEvent {
+                    after_tokens: 2,
+                    message: "slot 0 crashed".into(),
+                    legacy_field,
+                },
+                When::Every,
+            )
+            .start()
+            .await;
+        let error = chat_error(&server, PATIENT, &request("hi", 64)).await;
+
+        assert_eq!(
+            error.kind(),
+            "server_error",
+            "legacy {legacy_field}: {error}"
+        );
+        assert!(error.to_string().contains("slot 0 crashed"), "{error}");
+        assert!(error.to_string().contains(&server.url()), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_stall_longer_than_the_read_timeout_times_out() {
+    for after_tokens in [0, 3] {
+        let server = FakeServer::builder()
+            .reply(long_reply())
+            .fault(Fault::Stall { after_tokens }, When::Every)
+            .start()
+            .await;
+        let started = Instant::now();
+        let error = chat_error(&server, READ_TIMEOUT, &request("hi", 64)).await;
+
+        assert_eq!(
+            error.kind(),
+            "timeout",
+            "after {after_tokens} tokens: {error}"
+        );
+        assert!(error.to_string().contains(&server.url()), "{error}");
+        assert!(error.is_retryable());
+        assert!(started.elapsed() >= READ_TIMEOUT);
+        assert!(
+            started.elapsed() < READ_TIMEOUT * 10,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    let server = FakeServer::builder()
+        .fault(Fault::Hang, When::Every)
+        .start()
+        .await;
+    let started = Instant::now();
+    let error = chat_error(&server, READ_TIMEOUT, &request("hi", 64)).await;
+
+    assert_eq!(error.kind(), "timeout", "{error}");
+    assert!(
+        started.elapsed() < READ_TIMEOUT * 10,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_message_gives_the_read_timeout() {
+    let server = FakeServer::builder()
+        .fault(Fault::Stall { after_tokens: 1 }, When::Every)
+        .start()
+        .await;
+    let error = chat_error(&server, Duration::from_millis(1500), &request("hi", 64)).await;
+
+    assert!(error.to_string().contains("1.5 s"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_generation_longer_than_the_read_timeout_does_not_time_out() {
+    // A second and a half of prefill and decoding in all, but never more than 0.2 s without a
+    // byte: the read timeout restarts with every chunk, so this is not a stall.
+    let server = FakeServer::builder()
+        .dialect(Dialect::Mlx)
+        .prompt_tokens(400)
+        .prefill_tok_per_s(800.0)
+        .keepalive_every(100)
+        .decode_tok_per_s(40.0)
+        .reply(Reply::fixed("abcd".repeat(41)))
+        .start()
+        .await;
+    let started = Instant::now();
+    let outcome = chat(&server, READ_TIMEOUT, &request("hi", 64)).await;
+
+    assert!(
+        started.elapsed() > READ_TIMEOUT * 3,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(outcome.content, "abcd".repeat(41));
+}
+
+#[tokio::test]
+async fn a_prompt_longer_than_the_context_is_a_context_overflow() {
+    // llama.cpp's HTTP 400, as a fault and from the server's own context check, and vLLM's.
+    let llama_fault = FakeServer::builder()
+        .fault(Fault::context_overflow(9000, 8192), When::Every)
+        .start()
+        .await;
+    let llama_small = FakeServer::builder().context_size(8).start().await;
+    let vllm_small = FakeServer::builder()
+        .dialect(Dialect::Vllm)
+        .context_size(8)
+        .start()
+        .await;
+    let long_prompt = "word ".repeat(200);
+    for server in [&llama_fault, &llama_small, &vllm_small] {
+        let error = chat_error(server, PATIENT, &request(&long_prompt, 64)).await;
+
+        assert_eq!(error.kind(), "context_overflow", "{error}");
+        assert!(error.to_string().contains(&server.url()), "{error}");
+        assert!(!error.is_retryable(), "the same prompt can never fit");
+    }
+
+    // Older llama.cpp builds sent the overflow inside the 200 stream, in an `error:` field.
+    let legacy = FakeServer::builder()
+        .fault(
+            Fault::ErrorEvent {
+                after_tokens: 0,
+                message: "the request exceeds the available context size".into(),
+                legacy_field: true,
+            },
+            When::Every,
+        )
+        .start()
+        .await;
+    let error = chat_error(&legacy, PATIENT, &request(&long_prompt, 64)).await;
+    assert_eq!(error.kind(), "context_overflow", "{error}");
+}
+
+#[tokio::test]
+async fn a_data_line_that_is_not_json_is_a_decode_error() {
+    let server = FakeServer::builder()
+        .reply(long_reply())
+        .fault(Fault::Garbage { after_tokens: 2 }, When::Every)
+        .start()
+        .await;
+    let error = chat_error(&server, PATIENT, &request("hi", 64)).await;
+
+    assert_eq!(error.kind(), "decode", "{error}");
+    assert!(error.to_string().contains("garbage"), "{error}");
+    assert!(error.to_string().contains(&server.url()), "{error}");
+}
+
+#[tokio::test]
+async fn a_fault_on_one_request_leaves_the_next_one_whole() {
+    let server = FakeServer::builder()
+        .reply(Reply::fixed("abcdefgh"))
+        .fault(Fault::server_error(), When::Nth(1))
+        .start()
+        .await;
+    let first = chat_error(&server, PATIENT, &request("hi", 64)).await;
+    let second = chat(&server, PATIENT, &request("hi", 64)).await;
+
+    assert_eq!(first.kind(), "http_status");
+    assert_eq!(second.content, "abcdefgh");
+    assert_eq!(server.stats().requests, 2);
+}
