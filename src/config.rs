@@ -392,7 +392,15 @@ impl Config {
         let assignment = file.assignment.ok_or_else(|| {
             ConfigError::invalid(path, "assignment.rubric", "missing: name the rubric file")
         })?;
-        let rubric = Rubric::load(&resolve(&assignment.rubric))?;
+        let rubric_path = resolve(&assignment.rubric);
+        if !rubric_path.is_file() {
+            return Err(ConfigError::invalid(
+                path,
+                "assignment.rubric",
+                format!("{}: no such file", rubric_path.display()),
+            ));
+        }
+        let rubric = Rubric::load(&rubric_path)?;
 
         let mut backends = Vec::new();
         for (i, raw) in file.backend.into_iter().enumerate() {
@@ -684,10 +692,16 @@ mod tests {
 
     #[test]
     fn paths_are_resolved_against_the_config_folder_and_normalised() {
-        assert_eq!(normalise(Path::new("examples/../outbox")), PathBuf::from("outbox"));
+        assert_eq!(
+            normalise(Path::new("examples/../outbox")),
+            PathBuf::from("outbox")
+        );
         assert_eq!(normalise(Path::new("./a/./b/../c")), PathBuf::from("a/c"));
         assert_eq!(normalise(Path::new("../x")), PathBuf::from("../x"));
-        assert_eq!(normalise(Path::new("/srv/class/../inbox")), PathBuf::from("/srv/inbox"));
+        assert_eq!(
+            normalise(Path::new("/srv/class/../inbox")),
+            PathBuf::from("/srv/inbox")
+        );
         assert_eq!(normalise(Path::new("a/..")), PathBuf::from("."));
     }
 }

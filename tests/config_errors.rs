@@ -129,8 +129,10 @@ async fn an_unknown_key_in_the_rubric_names_the_rubric_and_its_line() {
 }
 
 #[tokio::test]
-async fn a_missing_rubric_names_the_rubric_file() {
+async fn a_missing_rubric_names_the_config_file_the_key_and_the_rubric_file() {
     let line = config_with("rubric = \"rubric.toml\"", "rubric = \"rubrik.toml\"").await;
+    assert!(line.contains("tandem.toml"), "{line}");
+    assert!(line.contains("assignment.rubric"), "{line}");
     assert!(line.contains("rubrik.toml"), "{line}");
 }
 
