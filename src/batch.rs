@@ -306,11 +306,15 @@ fn load_one(
     let original = Some(original_path(batch, path));
     let failure = |kind: &str, message: String| {
         let meta = std::fs::symlink_metadata(path).ok();
+        let format = Path::new(&name)
+            .extension()
+            .and_then(|ext| submission::Format::from_extension(&ext.to_string_lossy()))
+            .map_or("unknown", submission::Format::as_str);
         let info = SubmissionInfo {
             id: id.clone(),
             files: vec![name.clone()],
-            format: "unknown".into(),
-            sha256: String::new(),
+            format: format.into(),
+            sha256: file_sha256(path).unwrap_or_default(),
             bytes: meta.map(|m| m.len()).unwrap_or(0),
             // The LMS name still says whose it is, even when the file cannot be read.
             student: submission::parse_lms_name(&name)
@@ -341,6 +345,19 @@ fn load_one(
         }
         Err(error) => failure(error.kind(), inbox_relative(&error.to_string(), path)),
     }
+}
+
+/// The SHA-256 of a regular file's bytes, read in a stream; `None` for anything else.
+fn file_sha256(path: &Path) -> Option<String> {
+    use sha2::Digest;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).ok()?;
+    Some(hex::encode(hasher.finalize()))
 }
 
 /// Messages name the file as the instructor dropped it, not by its path in the state folder.
