@@ -104,6 +104,12 @@ impl SseParser {
                 None => self.data = Some(value.to_string()),
             },
             "event" => self.event = Some(value.to_string()),
+            // Older llama.cpp builds sent mid-stream errors in a non-standard `error:` field
+            // (ggml-org/llama.cpp#16104); it becomes an `error` event rather than vanishing.
+            "error" => {
+                self.event = Some("error".to_string());
+                self.data = Some(value.to_string());
+            }
             // `id` and `retry` only matter to a reconnecting browser; tandem never reconnects,
             // because reconnecting would send the prompt again and start a second generation.
             _ => {}
@@ -159,6 +165,14 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].event.as_deref(), Some("error"));
         assert_eq!(events[0].data, "line one\nline two");
+    }
+
+    #[test]
+    fn a_legacy_error_field_becomes_an_error_event() {
+        let events = parse_all(&[b"error: {\"message\":\"boom\"}\n\n"]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event.as_deref(), Some("error"));
+        assert_eq!(events[0].data, "{\"message\":\"boom\"}");
     }
 
     #[test]
