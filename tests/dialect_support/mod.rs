@@ -51,7 +51,8 @@ impl Class {
         self.dir.path()
     }
 
-    /// Writes `tandem.toml` for these backends and returns its path.
+    /// Writes `tandem.toml` for these backends and returns its path; `grading` is the body of
+    /// its `[grading]` table (short timeouts and one retry when empty).
     pub fn config(&self, backends: &[Backend<'_>], grading: &str) -> PathBuf {
         let mut text = String::from(
             "[paths]\ninbox = \"inbox\"\noutbox = \"outbox\"\nreports = \"reports\"\n\
@@ -64,8 +65,12 @@ impl Class {
                 b.name, b.roles, b.url, b.model, b.api, b.extra
             ));
         }
-        text.push_str("[grading]\nread_timeout_seconds = 20\nretries = 1\n");
-        text.push_str(grading);
+        text.push_str("[grading]\n");
+        text.push_str(if grading.is_empty() {
+            "read_timeout_seconds = 20\nretries = 1\n"
+        } else {
+            grading
+        });
         text.push_str("\n[inbox]\nsettle_seconds = 0\n");
         let path = self.path().join("tandem.toml");
         std::fs::write(&path, text).unwrap();
