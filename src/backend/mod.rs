@@ -214,7 +214,7 @@ pub async fn check_backends(
     }
     for (backend, error) in &failures {
         say(&format!(
-            "warning: backend {} is not ready and gets no calls until it answers: {error}",
+            "warning: backend {} is not ready; the other backends of its roles carry on: {error}",
             backend.name
         ));
     }
