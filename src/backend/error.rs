@@ -106,6 +106,13 @@ impl CallError {
         }
     }
 
+    /// Whether the error says something about the server's health, as opposed to the request
+    /// (a prompt too long for the context): only the former should count towards taking a
+    /// backend out of service.
+    pub fn counts_against_server(&self) -> bool {
+        !matches!(self, CallError::ContextOverflow { .. })
+    }
+
     /// The URL the error names.
     pub fn url(&self) -> &str {
         match self {
