@@ -3,7 +3,8 @@
 //!
 //! The fake speaks the OpenAI-compatible chat API the way the local servers tandem meets do:
 //! llama.cpp's `llama-server`, `mlx_lm.server`, vLLM (and OpenAI itself), each a [`Dialect`]
-//! with its own stream shape. It binds `127.0.0.1:0` on the current tokio runtime, so many can
+//! with its own stream shape, and Ollama both ways: its `/v1` and its native `POST /api/chat`
+//! with newline-delimited JSON and nanosecond durations. It binds `127.0.0.1:0` on the current tokio runtime, so many can
 //! run side by side, and it never sends traffic anywhere.
 //!
 //! What it owns:
@@ -18,6 +19,8 @@
 //! - **Faults.** HTTP errors in each server's error shape, streams that are cut, end early,
 //!   stall, carry an error event or a garbage line, scheduled by [`When`]; [`FakeServer::stop`]
 //!   makes the port refuse connections until [`FakeServer::restart`].
+//! - **Keys.** [`FakeServerBuilder::require_api_key`] answers 401 to any request without the
+//!   bearer key (health routes excepted, as llama.cpp's `/health` is).
 //! - **Introspection.** [`FakeServer::stats`] counts requests, the peak number in flight, and
 //!   keeps each request's body and timestamps for assertions.
 //!
@@ -91,12 +94,20 @@ pub enum Dialect {
     Vllm,
     /// OpenAI's own API: the same stream as [`Dialect::Vllm`], named for tests that mean it.
     OpenAi,
+    /// Ollama. Its `/v1/chat/completions` streams like vLLM with reasoning in `reasoning` and no
+    /// timings; its native `POST /api/chat` streams NDJSON lines (`{"message": {"content",
+    /// "thinking"}, "done": false}`) and ends with a `done: true` object carrying
+    /// `prompt_eval_count`, `eval_count` and the durations in nanoseconds. `GET /` answers
+    /// "Ollama is running", `/api/version` and `/api/tags` exist, and `/health` does not. A
+    /// prompt longer than the context (`options.num_ctx`, else [`FakeServerBuilder::context_size`],
+    /// else 4096) is cut to it without an error, as Ollama does.
+    Ollama,
 }
 
 impl Dialect {
     fn reasoning_field(self) -> &'static str {
         match self {
-            Dialect::Mlx => "reasoning",
+            Dialect::Mlx | Dialect::Ollama => "reasoning",
             _ => "reasoning_content",
         }
     }
@@ -382,6 +393,8 @@ pub struct Stats {
     pub peak_busy_slots: usize,
     /// `GET /health` polls answered.
     pub health_polls: usize,
+    /// Requests refused for a missing or wrong key.
+    pub unauthorized: usize,
     /// Every chat request in arrival order.
     pub requests_log: Vec<RequestLog>,
 }
@@ -421,6 +434,9 @@ struct Config {
     keepalive_every: u64,
     health_loading_polls: usize,
     health_loading_for: Option<Duration>,
+    api_key: Option<String>,
+    per_request_metrics: bool,
+    load_duration: Duration,
 }
 
 impl Default for FakeServerBuilder {
@@ -446,6 +462,9 @@ impl Default for FakeServerBuilder {
                 keepalive_every: 256,
                 health_loading_polls: 0,
                 health_loading_for: None,
+                api_key: None,
+                per_request_metrics: false,
+                load_duration: Duration::ZERO,
             },
             faults: Vec::new(),
         }
@@ -574,6 +593,28 @@ impl FakeServerBuilder {
     /// `GET /health` answers 503 "Loading model" until this long after the server started.
     pub fn health_loading_for(mut self, duration: Duration) -> Self {
         self.config.health_loading_for = Some(duration);
+        self
+    }
+
+    /// Answers 401 to every request without `Authorization: Bearer <key>`, except the health
+    /// routes (`/health`, `/v1/health`, Ollama's `/`). The 401 body echoes the header it got, as
+    /// careless servers do, so tests can check that a client never repeats it.
+    pub fn require_api_key(mut self, key: impl Into<String>) -> Self {
+        self.config.api_key = Some(key.into());
+        self
+    }
+
+    /// vLLM with `--enable-per-request-metrics`: a `metrics` object (`time_to_first_token_ms`
+    /// from slot to first token, `generation_time_ms`, `queue_time_ms`, `mean_itl_ms`,
+    /// `tokens_per_second`) on the usage chunk of a stream, or the top level of a reply.
+    pub fn per_request_metrics(mut self, send: bool) -> Self {
+        self.config.per_request_metrics = send;
+        self
+    }
+
+    /// The `load_duration` Ollama's final object reports (default zero, which Ollama omits).
+    pub fn load_duration(mut self, duration: Duration) -> Self {
+        self.config.load_duration = duration;
         self
     }
 
@@ -981,8 +1022,22 @@ fn serve(listener: TcpListener, shared: &Arc<Shared>) -> Running {
         .route("/chat/completions", post(chat))
         .route("/health", get(health))
         .route("/v1/health", get(health))
-        .route("/v1/models", get(models))
+        .route("/v1/models", get(models));
+    let router = if shared.config.dialect == Dialect::Ollama {
+        router
+            .route("/api/chat", post(ollama_chat))
+            .route("/", get(ollama_root))
+            .route("/api/version", get(ollama_version))
+            .route("/api/tags", get(ollama_tags))
+    } else {
+        router
+    };
+    let router = router
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(shared),
+            check_key,
+        ))
         .with_state(Arc::clone(shared));
     let signal = cancel.clone().cancelled_owned();
     let task = tokio::spawn(async move {
@@ -1063,6 +1118,9 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         record.health_polls += 1;
         record.health_polls
     };
+    if shared.config.dialect == Dialect::Ollama {
+        return (StatusCode::NOT_FOUND, "404 page not found").into_response();
+    }
     let config = &shared.config;
     let loading = polls <= config.health_loading_polls
         || config
@@ -1145,6 +1203,8 @@ struct Plan {
     finish_reason: &'static str,
     include_usage: bool,
     fault: Option<Fault>,
+    /// Ollama's native `/api/chat`: NDJSON lines instead of OpenAI chunks.
+    native: bool,
 }
 
 impl Plan {
@@ -1200,6 +1260,7 @@ impl Plan {
                 .as_bool()
                 .unwrap_or(false),
             fault: shared.fault_for(index),
+            native: false,
         }
     }
 
@@ -1214,6 +1275,9 @@ impl Plan {
     }
 
     fn delta(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+        if self.native {
+            return self.native_line(&delta);
+        }
         self.chunk(json!([{"index": 0, "delta": delta, "finish_reason": finish_reason}]))
     }
 
@@ -1266,34 +1330,260 @@ fn timings(plan: &Plan, generated: &Generated) -> Value {
     })
 }
 
+/// Ollama's context when a request sets no `num_ctx` and the server no other default.
+const OLLAMA_DEFAULT_CONTEXT: u64 = 4096;
+
+fn ollama_not_found_message(model: &str) -> String {
+    format!("model \"{model}\" not found, try pulling it first")
+}
+
+impl Plan {
+    /// One line of Ollama's native stream carrying a delta's text.
+    fn native_line(&self, delta: &Value) -> Value {
+        let mut message = json!({
+            "role": "assistant",
+            "content": delta["content"].as_str().unwrap_or(""),
+        });
+        if let Some(thinking) = delta[self.reasoning_field.as_str()].as_str() {
+            message["thinking"] = json!(thinking);
+        }
+        json!({
+            "model": self.model,
+            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            "message": message,
+            "done": false,
+        })
+    }
+}
+
+/// Makes a native line Ollama's last: `done`, its reason, and the figures in nanoseconds, each
+/// left out when zero as Ollama's `omitempty` does.
+fn add_native_figures(
+    line: &mut Value,
+    shared: &Shared,
+    plan: &Plan,
+    generated: &Generated,
+    completion_tokens: u64,
+) {
+    let received = shared
+        .record()
+        .requests_log
+        .get(plan.index - 1)
+        .map(|log| log.received);
+    let load = shared.config.load_duration;
+    let total = received.map_or(Duration::ZERO, |r| r.elapsed()) + load;
+    line["done"] = json!(true);
+    line["done_reason"] = json!(plan.finish_reason);
+    let mut put = |key: &str, value: u128| {
+        if value > 0 {
+            line[key] = json!(value as u64);
+        }
+    };
+    put("total_duration", total.as_nanos());
+    put("load_duration", load.as_nanos());
+    if shared.config.usage {
+        put("prompt_eval_count", u128::from(plan.prompt_tokens));
+        put("prompt_eval_duration", generated.prompt_time.as_nanos());
+        put("eval_count", u128::from(completion_tokens));
+        put("eval_duration", generated.predicted_time.as_nanos());
+    }
+}
+
+/// vLLM's per-request `metrics`, when the server is set to send them.
+fn vllm_metrics(shared: &Shared, plan: &Plan, generated: &Generated) -> Option<Value> {
+    if !(shared.config.per_request_metrics && matches!(plan.dialect, Dialect::Vllm)) {
+        return None;
+    }
+    let queue = shared
+        .record()
+        .requests_log
+        .get(plan.index - 1)
+        .and_then(RequestLog::queue_wait)
+        .unwrap_or_default();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let n = generated.emitted as f64;
+    let mean_itl = (generated.emitted > 1).then(|| ms(generated.predicted_time) / (n - 1.0));
+    let inference = generated.prompt_time + generated.predicted_time;
+    Some(json!({
+        "time_to_first_token_ms": ms(generated.prompt_time),
+        "generation_time_ms": ms(generated.predicted_time),
+        "queue_time_ms": ms(queue),
+        "mean_itl_ms": mean_itl,
+        "tokens_per_second": if inference.is_zero() { 0.0 } else { n / inference.as_secs_f64() },
+    }))
+}
+
+/// Refuses a request without the configured bearer key; health routes stay open.
+async fn check_key(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(key) = &shared.config.api_key else {
+        return next.run(request).await;
+    };
+    let open = matches!(request.uri().path(), "/health" | "/v1/health")
+        || (request.uri().path() == "/" && shared.config.dialect == Dialect::Ollama);
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if open || given == format!("Bearer {key}") {
+        return next.run(request).await;
+    }
+    shared.record().unauthorized += 1;
+    json_response(
+        401,
+        &json!({"error": {
+            "code": 401,
+            "message": format!("Invalid API Key (got `{given}`)"),
+            "type": "authentication_error",
+        }}),
+    )
+}
+
+async fn ollama_root() -> Response {
+    (StatusCode::OK, "Ollama is running").into_response()
+}
+
+async fn ollama_version() -> Response {
+    json_response(200, &json!({"version": "0.12.6"}))
+}
+
+async fn ollama_tags(State(shared): State<Arc<Shared>>) -> Response {
+    let name = if shared.config.model.contains(':') {
+        shared.config.model.clone()
+    } else {
+        format!("{}:latest", shared.config.model)
+    };
+    json_response(
+        200,
+        &json!({"models": [{
+            "name": name, "model": name, "size": 0, "digest": "0",
+            "details": {"format": "gguf", "family": "fake"},
+        }]}),
+    )
+}
+
+/// Ollama's native `POST /api/chat`: the same timing model and faults as the OpenAI routes,
+/// read from `options` and answered in NDJSON (a stream is the default, as in Ollama).
+async fn ollama_chat(State(shared): State<Arc<Shared>>, raw: Bytes) -> Response {
+    let received = Instant::now();
+    let native: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let (index, in_flight) = shared.admit(native.clone(), received);
+    let refuse = |status: u16, error: &Value| {
+        shared.log(index, |log| log.finished = Some(Instant::now()));
+        json_response(status, error)
+    };
+    if !native.is_object() {
+        return refuse(400, &json!({"error": "invalid request body"}));
+    }
+
+    // The request in the OpenAI shape the plan reads.
+    let options = &native["options"];
+    let mut body = json!({
+        "model": native["model"],
+        "messages": native["messages"],
+        "stream": native["stream"].as_bool().unwrap_or(true),
+    });
+    if let Some(max) = options["num_predict"].as_i64().filter(|n| *n >= 0) {
+        body["max_tokens"] = json!(max);
+    }
+    if native["format"].is_object() {
+        body["response_format"] = json!({"type": "json_schema",
+            "json_schema": {"name": "reply", "schema": native["format"]}});
+    }
+
+    let config = &shared.config;
+    let n_ctx = options["num_ctx"]
+        .as_u64()
+        .or(config.context_size)
+        .unwrap_or(OLLAMA_DEFAULT_CONTEXT);
+    let prompt_tokens = config
+        .prompt_tokens
+        .unwrap_or_else(|| estimate_prompt_tokens(&body))
+        .min(n_ctx);
+    let mut plan = Plan::new(&shared, index, &body, prompt_tokens);
+    plan.native = true;
+    plan.role_chunk = false;
+    plan.reasoning_field = "thinking".to_string();
+    shared.log(index, |log| {
+        log.prompt_tokens = prompt_tokens;
+        log.fault = plan.fault.clone();
+    });
+    let cancel = shared.cancel_token();
+
+    match &plan.fault {
+        Some(Fault::Status { status, body }) => return refuse(*status, body),
+        Some(Fault::Hang) => {
+            cancel.cancelled().await;
+            return dropped_response();
+        }
+        _ => {}
+    }
+    if config.require_model && plan.model != config.model {
+        return refuse(
+            404,
+            &json!({"error": ollama_not_found_message(&plan.model)}),
+        );
+    }
+
+    if body["stream"].as_bool().unwrap_or(true) {
+        return stream_response(shared, plan, in_flight, cancel);
+    }
+    let generated = tokio::select! {
+        generated = generate(&shared, &plan, &Out::Silent) => generated,
+        () = cancel.cancelled() => return dropped_response(),
+    };
+    let Ok(generated) = generated else {
+        return dropped_response();
+    };
+    shared.log(index, |log| log.finished = Some(Instant::now()));
+    drop(in_flight);
+    match generated.ended_by {
+        None => json_response(200, &completion(&shared, &plan, &generated)),
+        Some(Fault::ErrorEvent { message, .. }) => json_response(500, &json!({"error": message})),
+        Some(_) => dropped_response(),
+    }
+}
+
 /// The client went away.
 struct Closed;
 
 /// Where a call's frames go: a live stream, or nowhere for a non-streaming call.
 enum Out {
     Stream(mpsc::Sender<Result<Bytes, io::Error>>),
+    /// A newline-delimited JSON stream (Ollama's native chat).
+    Lines(mpsc::Sender<Result<Bytes, io::Error>>),
     Silent,
 }
 
 impl Out {
     fn streaming(&self) -> bool {
-        matches!(self, Out::Stream(_))
+        matches!(self, Out::Stream(_) | Out::Lines(_))
     }
 
     async fn send(&self, frame: String) -> Result<(), Closed> {
         match self {
-            Out::Stream(tx) => tx.send(Ok(Bytes::from(frame))).await.map_err(|_| Closed),
+            Out::Stream(tx) | Out::Lines(tx) => {
+                tx.send(Ok(Bytes::from(frame))).await.map_err(|_| Closed)
+            }
             Out::Silent => Ok(()),
         }
     }
 
     async fn data(&self, value: &Value) -> Result<(), Closed> {
-        self.send(format!("data: {value}\n\n")).await
+        match self {
+            Out::Lines(_) => self.send(format!("{value}\n")).await,
+            _ => self.send(format!("data: {value}\n\n")).await,
+        }
     }
 
     /// Makes the connection drop: hyper aborts a body whose stream yields an error.
     async fn abort(&self) {
-        if let Out::Stream(tx) = self {
+        if let Out::Stream(tx) | Out::Lines(tx) = self {
             // Frames still buffered when the body fails are lost with the connection; let the
             // connection take and flush them first, so the client sees every token sent.
             while tx.capacity() < tx.max_capacity() && !tx.is_closed() {
@@ -1377,6 +1667,9 @@ async fn generate(shared: &Shared, plan: &Plan, out: &Out) -> Result<Generated, 
                 Fault::Drop { .. } => out.abort().await,
                 Fault::EndEarly { .. } => {}
                 Fault::Stall { .. } => std::future::pending::<()>().await,
+                Fault::ErrorEvent { message, .. } if plan.native => {
+                    out.data(&json!({"error": message})).await?;
+                }
                 Fault::ErrorEvent {
                     message,
                     legacy_field,
@@ -1387,6 +1680,10 @@ async fn generate(shared: &Shared, plan: &Plan, out: &Out) -> Result<Generated, 
                     }});
                     let field = if *legacy_field { "error" } else { "data" };
                     out.send(format!("{field}: {error}\n\n")).await?;
+                }
+                Fault::Garbage { .. } if plan.native => {
+                    out.send("{\"message\": <<garbage>>\n".to_string()).await?;
+                    continue;
                 }
                 Fault::Garbage { .. } => {
                     out.send("data: {\"choices\": [{\"delta\": <<garbage>>\n\n".to_string())
@@ -1466,6 +1763,11 @@ async fn finish_stream(
 ) -> Result<(), Closed> {
     let config = &shared.config;
     let completion_tokens = generated.emitted as u64 + config.extra_completion_tokens;
+    if plan.native {
+        let mut last = plan.native_line(&json!({"content": ""}));
+        add_native_figures(&mut last, shared, plan, generated, completion_tokens);
+        return out.data(&last).await;
+    }
     let mut finish = plan.delta(json!({}), Some(plan.finish_reason));
     match plan.dialect {
         Dialect::LlamaCpp => {
@@ -1475,13 +1777,16 @@ async fn finish_stream(
             }
             out.data(&finish).await?;
         }
-        Dialect::Mlx | Dialect::Vllm | Dialect::OpenAi => {
+        Dialect::Mlx | Dialect::Vllm | Dialect::OpenAi | Dialect::Ollama => {
             out.data(&finish).await?;
             if config.usage && plan.include_usage {
                 let mut usage = plan.chunk(json!([]));
                 usage["usage"] = plan.usage(completion_tokens);
                 if plan.dialect == Dialect::Mlx {
                     usage["object"] = json!("chat.completion");
+                }
+                if let Some(metrics) = vllm_metrics(shared, plan, generated) {
+                    usage["metrics"] = metrics;
                 }
                 out.data(&usage).await?;
             }
@@ -1494,6 +1799,16 @@ async fn finish_stream(
 fn completion(shared: &Shared, plan: &Plan, generated: &Generated) -> Value {
     let config = &shared.config;
     let (reasoning, content) = plan.texts(&plan.tokens[..generated.emitted]);
+    if plan.native {
+        let mut delta = json!({"content": content});
+        if !reasoning.is_empty() {
+            delta[plan.reasoning_field.as_str()] = json!(reasoning);
+        }
+        let mut body = plan.native_line(&delta);
+        let completion_tokens = generated.emitted as u64 + config.extra_completion_tokens;
+        add_native_figures(&mut body, shared, plan, generated, completion_tokens);
+        return body;
+    }
     let mut message = json!({"role": "assistant", "content": content});
     if !reasoning.is_empty() {
         message[plan.reasoning_field.as_str()] = json!(reasoning);
@@ -1509,6 +1824,9 @@ fn completion(shared: &Shared, plan: &Plan, generated: &Generated) -> Value {
         body["usage"] = plan.usage(generated.emitted as u64 + config.extra_completion_tokens);
         if plan.dialect == Dialect::LlamaCpp {
             body["timings"] = timings(plan, generated);
+        }
+        if let Some(metrics) = vllm_metrics(shared, plan, generated) {
+            body["metrics"] = metrics;
         }
     }
     body
@@ -1537,6 +1855,12 @@ async fn chat(State(shared): State<Arc<Shared>>, raw: Bytes) -> Response {
     let prompt_tokens = config
         .prompt_tokens
         .unwrap_or_else(|| estimate_prompt_tokens(&body));
+    // Ollama's `/v1` cannot be given a context size: a longer prompt is cut to its default.
+    let prompt_tokens = if config.dialect == Dialect::Ollama {
+        prompt_tokens.min(config.context_size.unwrap_or(OLLAMA_DEFAULT_CONTEXT))
+    } else {
+        prompt_tokens
+    };
     let plan = Plan::new(&shared, index, &body, prompt_tokens);
     shared.log(index, |log| {
         log.prompt_tokens = prompt_tokens;
@@ -1553,10 +1877,18 @@ async fn chat(State(shared): State<Arc<Shared>>, raw: Bytes) -> Response {
         _ => {}
     }
     if config.require_model && plan.model != config.model {
-        return refuse(404, &model_not_found_body(&plan.model));
+        let body = match config.dialect {
+            Dialect::Ollama => json!({"error": {
+                "message": ollama_not_found_message(&plan.model),
+                "type": "api_error", "param": null, "code": null,
+            }}),
+            _ => model_not_found_body(&plan.model),
+        };
+        return refuse(404, &body);
     }
     if let Some(n_ctx) = config.context_size
         && prompt_tokens > n_ctx
+        && config.dialect != Dialect::Ollama
     {
         let body = match config.dialect {
             Dialect::LlamaCpp => context_overflow_body(prompt_tokens, n_ctx),
@@ -1613,10 +1945,19 @@ fn stream_response(
     cancel: CancellationToken,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(FRAME_BUFFER);
+    let content_type = if plan.native {
+        "application/x-ndjson"
+    } else {
+        "text/event-stream"
+    };
     let producer_cancel = cancel.clone();
     tokio::spawn(async move {
         let _in_flight = in_flight;
-        let out = Out::Stream(tx.clone());
+        let out = if plan.native {
+            Out::Lines(tx.clone())
+        } else {
+            Out::Stream(tx.clone())
+        };
         let run = async {
             let generated = generate(&shared, &plan, &out).await?;
             if generated.ended_by.is_none() {
@@ -1653,7 +1994,7 @@ fn stream_response(
     );
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(frames))
         .expect("a static response head is valid")

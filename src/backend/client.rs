@@ -1,10 +1,19 @@
-//! A streaming client for the OpenAI-compatible chat API, written to measure honestly.
+//! A streaming chat client for one backend, written to measure honestly.
 //!
-//! Each request is sent with `stream: true` and `stream_options.include_usage`, so that the
-//! time to the first token can be seen and the server's own token counts arrive at the end.
-//! The client timestamps the moment the request is sent, the first content or reasoning delta
-//! (never a comment, keep-alive or role-only chunk) and the last delta; it keeps the server's
-//! `usage` from whichever chunk carries it and llama.cpp's `timings` when present.
+//! Every request is streamed, so that the time to the first token can be seen and the server's
+//! own token counts and timings arrive at the end. The client timestamps the moment the request
+//! is sent, the first content or reasoning delta (never a comment, keep-alive or role-only
+//! chunk) and the last delta. What goes on the wire depends on the backend's `api`
+//! ([`super::dialect`]): the OpenAI-compatible chat API ([`super::openai`]) or Ollama's native
+//! one ([`super::ollama`]).
+//!
+//! Before sending, a request is checked against the backend's `context_length`, where the
+//! configuration gives one: mlx_lm.server has no context check of its own and runs an oversized
+//! prompt until the GPU runs out of memory, and Ollama's `/v1` cuts it silently.
+//!
+//! A backend's key, read from the environment variable its `api_key_env` names, is sent as a
+//! bearer token and nowhere else: `Debug` leaves it out, and any server message that echoes it
+//! has it replaced before the message can reach a log or a record.
 //!
 //! One call is one request: retrying is the scheduler's decision, because a retry must be
 //! visible in the record.
@@ -16,11 +25,23 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::sse::{Event, SseParser};
-use crate::config::BackendConfig;
+use super::dialect::{BodyReader, Reply, StreamFailure};
+use super::error::{classify, excerpt, is_context_overflow};
+use super::{ollama, openai};
+use crate::config::{Api, BackendConfig};
 
-/// How much of an error body is kept in a message.
-const BODY_EXCERPT_CHARS: usize = 300;
+pub use super::error::CallError;
+
+/// Characters per token when a prompt's length is estimated before sending. Code, tables and
+/// markdown tokenise denser than prose; erring towards more tokens keeps a prompt from being
+/// cut, at the price of a larger context than strictly needed.
+const CHARS_PER_TOKEN_ESTIMATE: u64 = 3;
+
+/// Tokens a chat template adds around each message, in the estimate.
+const TOKENS_PER_MESSAGE: u64 = 8;
+
+/// What replaces a backend's key wherever a server echoed it.
+const REDACTED: &str = "[redacted]";
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +51,7 @@ pub struct Message {
 }
 
 impl Message {
+    /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
         Message {
             role: "system".into(),
@@ -37,6 +59,7 @@ impl Message {
         }
     }
 
+    /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
         Message {
             role: "user".into(),
@@ -53,11 +76,12 @@ pub struct ChatRequest {
     pub max_tokens: u32,
     pub temperature: f64,
     pub seed: Option<u64>,
-    /// A JSON schema for the reply, sent in the nested OpenAI `response_format` form.
+    /// A JSON schema for the reply (OpenAI `response_format`, Ollama `format`).
     pub json_schema: Option<Value>,
 }
 
-/// The server's token counts, from its `usage` object.
+/// The server's token counts, from its `usage` object (or Ollama's `prompt_eval_count` and
+/// `eval_count`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub prompt_tokens: u64,
@@ -66,15 +90,23 @@ pub struct Usage {
     pub cached_tokens: Option<u64>,
 }
 
-/// The server's own timings, where it reports them (llama.cpp's `timings`).
+/// The server's own timings, where it reports them: llama.cpp's `timings`, Ollama's final
+/// object (converted from nanoseconds), vLLM's per-request `metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ServerTimings {
-    /// Prefill time, excluding time spent waiting for a slot.
+    /// Prefill time, excluding time spent waiting for a slot: llama.cpp `prompt_ms`, Ollama
+    /// `prompt_eval_duration`, vLLM `time_to_first_token_ms` (from scheduling to first token).
     pub prompt_ms: Option<f64>,
     pub prompt_n: Option<u64>,
     pub cache_n: Option<u64>,
+    /// Decoding time: llama.cpp `predicted_ms`, Ollama `eval_duration`, vLLM
+    /// `generation_time_ms`.
     pub predicted_ms: Option<f64>,
     pub predicted_n: Option<u64>,
+    /// Time the request waited in the server's own queue (vLLM `queue_time_ms`).
+    pub queue_ms: Option<f64>,
+    /// Time spent loading the model before this request could run (Ollama `load_duration`).
+    pub load_ms: Option<f64>,
 }
 
 /// The three moments every figure of a call is computed from.
@@ -108,7 +140,8 @@ impl Timeline {
 pub struct CallOutcome {
     /// The answer text (content deltas joined).
     pub content: String,
-    /// Reasoning text the server separated from the answer (`reasoning`/`reasoning_content`).
+    /// Reasoning text the server separated from the answer (`reasoning`, `reasoning_content`,
+    /// Ollama's `thinking`).
     pub reasoning: String,
     /// `stop`, `length` and so on, as the server said it.
     pub finish_reason: Option<String>,
@@ -119,72 +152,38 @@ pub struct CallOutcome {
     pub served_model: Option<String>,
 }
 
-/// Why a call produced no answer. Each kind is counted separately in the batch's reports.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    #[error("cannot connect to {url}: {detail}")]
-    Connect { url: String, detail: String },
-    #[error("{url} sent nothing for {} s (read timeout)", .read_timeout.as_secs_f64())]
-    Timeout { url: String, read_timeout: Duration },
-    #[error("{url} answered HTTP {status}: {excerpt}")]
-    Http {
-        url: String,
-        status: u16,
-        excerpt: String,
-    },
-    #[error("the prompt does not fit the context of {url}: {detail}")]
-    ContextOverflow { url: String, detail: String },
-    #[error("the stream from {url} ended before its final chunk: {detail}")]
-    StreamCut { url: String, detail: String },
-    #[error("{url} sent an error inside its stream: {detail}")]
-    ServerError { url: String, detail: String },
-    #[error("cannot decode the stream from {url}: {detail}")]
-    Decode { url: String, detail: String },
-}
-
-impl CallError {
-    /// A stable name for the kind, used in records and failure counts.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            CallError::Connect { .. } => "connect",
-            CallError::Timeout { .. } => "timeout",
-            CallError::Http { .. } => "http_status",
-            CallError::ContextOverflow { .. } => "context_overflow",
-            CallError::StreamCut { .. } => "stream_cut",
-            CallError::ServerError { .. } => "server_error",
-            CallError::Decode { .. } => "decode",
-        }
-    }
-
-    /// Whether sending the same request again may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            CallError::Connect { .. }
-            | CallError::Timeout { .. }
-            | CallError::StreamCut { .. }
-            | CallError::ServerError { .. } => true,
-            CallError::Http { status, .. } => *status == 429 || *status == 408 || *status >= 500,
-            CallError::ContextOverflow { .. } | CallError::Decode { .. } => false,
-        }
-    }
+/// An estimate of a prompt's tokens from its characters, used before any server has counted
+/// them: to size Ollama's context and to refuse a prompt that cannot fit `context_length`.
+pub fn estimate_prompt_tokens(messages: &[Message]) -> u64 {
+    messages
+        .iter()
+        .map(|m| {
+            (m.content.chars().count() as u64).div_ceil(CHARS_PER_TOKEN_ESTIMATE)
+                + TOKENS_PER_MESSAGE
+        })
+        .sum()
 }
 
 /// A client for one backend.
 #[derive(Clone)]
 pub struct ChatClient {
     http: reqwest::Client,
+    api: Api,
     endpoint: String,
     base: String,
     model: String,
     api_key: Option<String>,
     read_timeout: Duration,
+    context_length: Option<u32>,
 }
 
 impl std::fmt::Debug for ChatClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatClient")
+            .field("api", &self.api)
             .field("endpoint", &self.endpoint)
             .field("model", &self.model)
+            .field("has_api_key", &self.api_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -197,10 +196,9 @@ impl ChatClient {
         read_timeout: Duration,
     ) -> Result<Self, CallError> {
         let base = backend.url.as_str().trim_end_matches('/').to_string();
-        let endpoint = if base.ends_with("/v1") {
-            format!("{base}/chat/completions")
-        } else {
-            format!("{base}/v1/chat/completions")
+        let endpoint = match backend.api {
+            Api::OpenAi => openai::chat_url(&base),
+            Api::Ollama => ollama::chat_url(&base),
         };
         let api_key = backend
             .api_key_env
@@ -225,11 +223,13 @@ impl ChatClient {
             })?;
         Ok(ChatClient {
             http,
+            api: backend.api,
             endpoint,
             base,
             model: backend.model.clone(),
             api_key,
             read_timeout,
+            context_length: backend.context_length,
         })
     }
 
@@ -243,30 +243,59 @@ impl ChatClient {
         &self.base
     }
 
-    /// The JSON body of a request, as sent.
+    /// The dialect this client speaks.
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// The model name every request carries.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The JSON body of a request, as sent. For Ollama this settles the context size, which
+    /// then holds for later requests to the same server and model.
     pub fn body(&self, request: &ChatRequest) -> Value {
-        let mut body = serde_json::json!({
-            "model": self.model,
-            "messages": request.messages,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-        });
-        if let Some(seed) = request.seed {
-            body["seed"] = seed.into();
+        match self.api {
+            Api::OpenAi => openai::body(&self.model, request),
+            Api::Ollama => {
+                let wanted = ollama::context_for(
+                    estimate_prompt_tokens(&request.messages),
+                    request.max_tokens,
+                    self.context_length,
+                );
+                let num_ctx = ollama::settle_context(&self.base, &self.model, wanted);
+                ollama::body(&self.model, request, num_ctx)
+            }
         }
-        if let Some(schema) = &request.json_schema {
-            body["response_format"] = serde_json::json!({
-                "type": "json_schema",
-                "json_schema": {"name": "reply", "strict": true, "schema": schema},
-            });
+    }
+
+    /// Refuses a request that cannot fit the backend's configured `context_length`, before
+    /// anything is sent.
+    pub fn check_fits(&self, request: &ChatRequest) -> Result<(), CallError> {
+        let Some(limit) = self.context_length else {
+            return Ok(());
+        };
+        let prompt = estimate_prompt_tokens(&request.messages);
+        let need = prompt + u64::from(request.max_tokens);
+        if need <= u64::from(limit) {
+            return Ok(());
         }
-        body
+        Err(CallError::ContextOverflow {
+            url: self.endpoint.clone(),
+            detail: format!(
+                "about {prompt} prompt tokens (estimated) and up to {} reply tokens exceed the \
+                 backend's context_length of {limit} tokens; the request was not sent",
+                request.max_tokens
+            ),
+            prompt_tokens: Some(prompt),
+            context_tokens: Some(u64::from(limit)),
+        })
     }
 
     /// Sends one request and reads its stream to the end.
     pub async fn chat(&self, request: &ChatRequest) -> Result<CallOutcome, CallError> {
+        self.check_fits(request)?;
         let body = self.body(request);
         let mut builder = self.http.post(&self.endpoint).json(&body);
         if let Some(key) = &self.api_key {
@@ -280,49 +309,41 @@ impl ChatClient {
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
-            return Err(self.http_error(status.as_u16(), &text));
+            return Err(classify(
+                &self.endpoint,
+                &self.model,
+                status.as_u16(),
+                &self.redact(&text),
+            ));
         }
 
-        let mut stream = StreamState::new(sent, sent_wall);
-        let mut parser = SseParser::new();
+        let mut reply = Reply::new(sent, sent_wall);
+        let mut reader = BodyReader::new(self.api);
         let mut bytes = response.bytes_stream();
         while let Some(chunk) = bytes.next().await {
             let chunk = chunk.map_err(|e| self.transport_error(&e))?;
-            let now = Instant::now();
-            let events = parser.push(&chunk).map_err(|e| CallError::Decode {
-                url: self.endpoint.clone(),
-                detail: e.to_string(),
-            })?;
-            for event in events {
-                stream
-                    .take_event(&event, now)
-                    .map_err(|detail| self.stream_error(detail))?;
-            }
-            if stream.done {
+            reader
+                .push(&chunk, Instant::now(), &mut reply)
+                .map_err(|failure| self.stream_error(failure))?;
+            if reply.done {
                 break;
             }
         }
-        if !stream.done {
-            let tail = parser.finish().map_err(|e| CallError::Decode {
-                url: self.endpoint.clone(),
-                detail: e.to_string(),
-            })?;
-            if let Some(event) = tail {
-                stream
-                    .take_event(&event, Instant::now())
-                    .map_err(|detail| self.stream_error(detail))?;
-            }
-        }
-        stream
+        reader
+            .end(Instant::now(), &mut reply)
+            .map_err(|failure| self.stream_error(failure))?;
+        let outcome = reply
             .finish(Instant::now())
             .map_err(|detail| CallError::StreamCut {
                 url: self.endpoint.clone(),
                 detail,
-            })
+            })?;
+        self.note(request, &outcome);
+        Ok(outcome)
     }
 
-    /// A `GET` on a path of the server, for health checks: success or the error it met.
-    pub async fn get(&self, path: &str) -> Result<(), CallError> {
+    /// A `GET` on a path of the server, for health checks: the body, or the error it met.
+    pub async fn get(&self, path: &str) -> Result<String, CallError> {
         let url = format!("{}{path}", self.base.trim_end_matches("/v1"));
         let mut builder = self.http.get(&url).timeout(Duration::from_secs(10));
         if let Some(key) = &self.api_key {
@@ -338,72 +359,93 @@ impl ChatClient {
             error
         })?;
         let status = response.status();
+        let body = self.redact(&response.text().await.unwrap_or_default());
         if status.is_success() {
-            return Ok(());
+            return Ok(body);
         }
-        let body = response.text().await.unwrap_or_default();
-        Err(CallError::Http {
-            url,
-            status: status.as_u16(),
-            excerpt: excerpt(&body),
+        Err(match classify(&url, &self.model, status.as_u16(), &body) {
+            // A missing health route is not a missing model: the caller tries another route.
+            CallError::ModelNotFound { url, detail, .. } => CallError::Http {
+                url,
+                status: 404,
+                excerpt: detail,
+            },
+            other => other,
         })
+    }
+
+    /// Logs what a finished call reported, for `-vv`.
+    fn note(&self, request: &ChatRequest, outcome: &CallOutcome) {
+        let timings = outcome.timings.unwrap_or_default();
+        tracing::debug!(
+            url = %self.endpoint,
+            prompt_tokens = outcome.usage.map(|u| u.prompt_tokens),
+            output_tokens = outcome.usage.map(|u| u.completion_tokens),
+            server_prefill_ms = timings.prompt_ms,
+            server_queue_ms = timings.queue_ms,
+            model_load_ms = timings.load_ms,
+            finish_reason = outcome.finish_reason.as_deref(),
+            "call finished"
+        );
+        if self.api == Api::Ollama
+            && let Some(usage) = outcome.usage
+        {
+            // Ollama cuts a prompt longer than its context without an error; a count far below
+            // the estimate is the only sign left.
+            let estimate = estimate_prompt_tokens(&request.messages);
+            if usage.prompt_tokens > 0 && usage.prompt_tokens * 3 < estimate {
+                tracing::warn!(
+                    url = %self.endpoint,
+                    evaluated = usage.prompt_tokens,
+                    estimated = estimate,
+                    "Ollama evaluated far fewer prompt tokens than estimated; \
+                     the prompt may have been truncated"
+                );
+            }
+        }
+    }
+
+    /// Replaces the backend's key wherever a server echoed it.
+    fn redact(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(key) if text.contains(key.as_str()) => text.replace(key.as_str(), REDACTED),
+            _ => text.to_string(),
+        }
     }
 
     fn transport_error(&self, err: &reqwest::Error) -> CallError {
         let url = self.endpoint.clone();
+        let detail = self.redact(&error_chain(err));
         if err.is_timeout() {
             CallError::Timeout {
                 url,
                 read_timeout: self.read_timeout,
             }
-        } else if err.is_connect() {
-            CallError::Connect {
-                url,
-                detail: error_chain(err),
-            }
         } else if err.is_body() || err.is_decode() {
-            CallError::StreamCut {
-                url,
-                detail: error_chain(err),
-            }
+            CallError::StreamCut { url, detail }
         } else {
-            CallError::Connect {
-                url,
-                detail: error_chain(err),
-            }
-        }
-    }
-
-    fn http_error(&self, status: u16, body: &str) -> CallError {
-        let excerpt = excerpt(body);
-        if is_context_overflow(body) {
-            return CallError::ContextOverflow {
-                url: self.endpoint.clone(),
-                detail: excerpt,
-            };
-        }
-        CallError::Http {
-            url: self.endpoint.clone(),
-            status,
-            excerpt,
+            CallError::Connect { url, detail }
         }
     }
 
     fn stream_error(&self, failure: StreamFailure) -> CallError {
+        let url = self.endpoint.clone();
         match failure {
             StreamFailure::Decode(detail) => CallError::Decode {
-                url: self.endpoint.clone(),
-                detail,
+                url,
+                detail: self.redact(&detail),
             },
             StreamFailure::Server(detail) if is_context_overflow(&detail) => {
                 CallError::ContextOverflow {
-                    url: self.endpoint.clone(),
-                    detail,
+                    url,
+                    detail: self.redact(&detail),
+                    prompt_tokens: None,
+                    context_tokens: None,
                 }
             }
             StreamFailure::Server(detail) => CallError::ServerError {
-                url: self.endpoint.clone(),
-                detail,
+                url,
+                detail: self.redact(&excerpt(&detail)),
             },
         }
     }
@@ -424,338 +466,90 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// The start of a body, on one line.
-fn excerpt(body: &str) -> String {
-    let flat: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > BODY_EXCERPT_CHARS {
-        let cut: String = flat.chars().take(BODY_EXCERPT_CHARS).collect();
-        format!("{cut}…")
-    } else if flat.is_empty() {
-        "(empty body)".into()
-    } else {
-        flat
-    }
-}
-
-/// Recognises the context-overflow errors of llama.cpp, vLLM and OpenAI-style servers.
-fn is_context_overflow(text: &str) -> bool {
-    let lower = text.to_ascii_lowercase();
-    lower.contains("exceed_context_size")
-        || lower.contains("context length")
-        || lower.contains("context_length_exceeded")
-        || lower.contains("exceeds the available context")
-        || lower.contains("maximum context")
-}
-
-/// The message of an error object from a stream, or the whole object when it has none.
-fn error_message(error: &Value) -> String {
-    let message = match error {
-        Value::String(text) => text.clone(),
-        _ => error
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| error.to_string()),
-    };
-    excerpt(&message)
-}
-
-/// A problem found while reading the stream's chunks.
-#[derive(Debug)]
-enum StreamFailure {
-    Decode(String),
-    Server(String),
-}
-
-/// A streamed chat chunk; every field is optional because servers differ.
-#[derive(Debug, Default, Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    choices: Vec<ChunkChoice>,
-    usage: Option<WireUsage>,
-    timings: Option<WireTimings>,
-    model: Option<String>,
-    error: Option<Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ChunkChoice {
-    delta: Option<Delta>,
-    finish_reason: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Delta {
-    content: Option<String>,
-    reasoning: Option<String>,
-    reasoning_content: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct WireUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    total_tokens: Option<u64>,
-    prompt_tokens_details: Option<PromptTokensDetails>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct PromptTokensDetails {
-    cached_tokens: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct WireTimings {
-    prompt_ms: Option<f64>,
-    prompt_n: Option<u64>,
-    cache_n: Option<u64>,
-    predicted_ms: Option<f64>,
-    predicted_n: Option<u64>,
-}
-
-/// What has been read of a stream so far.
-#[derive(Debug)]
-struct StreamState {
-    sent: Instant,
-    sent_wall: DateTime<Local>,
-    first: Option<Instant>,
-    last: Option<Instant>,
-    content: String,
-    reasoning: String,
-    finish_reason: Option<String>,
-    usage: Option<Usage>,
-    timings: Option<ServerTimings>,
-    model: Option<String>,
-    done: bool,
-}
-
-impl StreamState {
-    fn new(sent: Instant, sent_wall: DateTime<Local>) -> Self {
-        StreamState {
-            sent,
-            sent_wall,
-            first: None,
-            last: None,
-            content: String::new(),
-            reasoning: String::new(),
-            finish_reason: None,
-            usage: None,
-            timings: None,
-            model: None,
-            done: false,
-        }
-    }
-
-    /// Takes one event, received at `now`. An event named `error` is the server's error,
-    /// whatever its data holds.
-    fn take_event(&mut self, event: &Event, now: Instant) -> Result<(), StreamFailure> {
-        if event.event.as_deref() == Some("error") {
-            let message = match serde_json::from_str::<Value>(&event.data) {
-                Ok(Value::Object(mut object)) => {
-                    let error = object.remove("error").unwrap_or(Value::Object(object));
-                    error_message(&error)
-                }
-                _ => excerpt(&event.data),
-            };
-            return Err(StreamFailure::Server(message));
-        }
-        self.take(&event.data, now)
-    }
-
-    /// Takes one event's data, received at `now`.
-    fn take(&mut self, data: &str, now: Instant) -> Result<(), StreamFailure> {
-        let data = data.trim();
-        if data == "[DONE]" {
-            self.done = true;
-            return Ok(());
-        }
-        if data.is_empty() {
-            return Ok(());
-        }
-        let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
-            StreamFailure::Decode(format!(
-                "a chunk is not valid JSON ({e}): {}",
-                excerpt(data)
-            ))
-        })?;
-        if let Some(error) = chunk.error {
-            return Err(StreamFailure::Server(error_message(&error)));
-        }
-        if self.model.is_none() {
-            self.model = chunk.model;
-        }
-        for choice in chunk.choices {
-            if let Some(delta) = choice.delta {
-                let mut produced = false;
-                if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
-                    self.content.push_str(&text);
-                    produced = true;
-                }
-                for text in [delta.reasoning, delta.reasoning_content]
-                    .into_iter()
-                    .flatten()
-                {
-                    if !text.is_empty() {
-                        self.reasoning.push_str(&text);
-                        produced = true;
-                    }
-                }
-                if produced {
-                    self.first.get_or_insert(now);
-                    self.last = Some(now);
-                }
-            }
-            if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty()) {
-                self.finish_reason = Some(reason);
-            }
-        }
-        if let Some(usage) = chunk.usage {
-            let prompt = usage.prompt_tokens.unwrap_or(0);
-            let completion = usage.completion_tokens.unwrap_or(0);
-            self.usage = Some(Usage {
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-                total_tokens: usage.total_tokens.unwrap_or(prompt + completion),
-                cached_tokens: usage.prompt_tokens_details.and_then(|d| d.cached_tokens),
-            });
-        }
-        if let Some(t) = chunk.timings {
-            self.timings = Some(ServerTimings {
-                prompt_ms: t.prompt_ms,
-                prompt_n: t.prompt_n,
-                cache_n: t.cache_n,
-                predicted_ms: t.predicted_ms,
-                predicted_n: t.predicted_n,
-            });
-        }
-        Ok(())
-    }
-
-    /// Ends the stream at `now`; a stream without its final chunk is an error.
-    fn finish(self, now: Instant) -> Result<CallOutcome, String> {
-        // A stream is whole when it said [DONE], or when it carried a finish reason and usage
-        // (some servers close the connection right after the usage chunk).
-        let whole = self.done || (self.finish_reason.is_some() && self.usage.is_some());
-        if !whole {
-            let got = if self.first.is_some() {
-                format!(
-                    "{} characters of answer, no finish reason",
-                    self.content.len()
-                )
-            } else {
-                "no tokens at all".to_string()
-            };
-            return Err(format!("connection closed after {got}"));
-        }
-        Ok(CallOutcome {
-            content: self.content,
-            reasoning: self.reasoning,
-            finish_reason: self.finish_reason,
-            usage: self.usage,
-            timings: self.timings,
-            timeline: Timeline {
-                sent: self.sent,
-                sent_wall: self.sent_wall,
-                first: self.first,
-                end: self.last.unwrap_or(now),
-            },
-            served_model: self.model,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Role;
+    use crate::config::Concurrency;
 
-    fn state() -> StreamState {
-        StreamState::new(Instant::now(), Local::now())
+    fn backend(api: Api, context_length: Option<u32>) -> BackendConfig {
+        BackendConfig {
+            name: "b".into(),
+            roles: vec![Role::CodeAnalysis],
+            url: "http://127.0.0.1:9/".parse().unwrap(),
+            model: "served-name".into(),
+            max_concurrency: Concurrency::Fixed(1),
+            api_key_env: None,
+            api,
+            context_length,
+        }
     }
 
-    #[test]
-    fn role_only_and_empty_deltas_do_not_start_the_first_token_clock() {
-        let mut s = state();
-        let t = Instant::now();
-        s.take(
-            r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
-            t,
+    fn client(api: Api, context_length: Option<u32>) -> ChatClient {
+        ChatClient::new(
+            &backend(api, context_length),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
         )
-        .unwrap();
-        assert!(s.first.is_none());
-        s.take(r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#, t)
-            .unwrap();
-        assert_eq!(s.first, Some(t));
-        assert_eq!(s.reasoning, "hmm");
+        .unwrap()
+    }
+
+    fn request(chars: usize, max_tokens: u32) -> ChatRequest {
+        ChatRequest {
+            messages: vec![Message::user("x".repeat(chars))],
+            max_tokens,
+            temperature: 0.0,
+            seed: None,
+            json_schema: None,
+        }
     }
 
     #[test]
-    fn usage_is_read_from_whichever_chunk_carries_it() {
-        let mut s = state();
-        let t = Instant::now();
-        s.take(
-            r#"{"choices":[{"delta":{"content":"ok"},"finish_reason":"stop"}],
-               "usage":{"prompt_tokens":10,"completion_tokens":3,"total_tokens":13},
-               "timings":{"prompt_ms":12.5,"prompt_n":10,"predicted_ms":40.0,"predicted_n":3}}"#,
-            t,
-        )
-        .unwrap();
-        s.take("[DONE]", t).unwrap();
-        let outcome = s.finish(t).unwrap();
-        assert_eq!(outcome.usage.unwrap().completion_tokens, 3);
-        assert_eq!(outcome.timings.unwrap().prompt_ms, Some(12.5));
-        assert_eq!(outcome.finish_reason.as_deref(), Some("stop"));
+    fn each_api_has_its_endpoint() {
+        assert_eq!(
+            client(Api::OpenAi, None).endpoint(),
+            "http://127.0.0.1:9/v1/chat/completions"
+        );
+        assert_eq!(
+            client(Api::Ollama, None).endpoint(),
+            "http://127.0.0.1:9/api/chat"
+        );
     }
 
     #[test]
-    fn a_stream_without_its_final_chunk_is_cut() {
-        let mut s = state();
-        s.take(
-            r#"{"choices":[{"delta":{"content":"partial"}}]}"#,
-            Instant::now(),
-        )
-        .unwrap();
-        let err = s.finish(Instant::now()).unwrap_err();
-        assert!(err.contains("no finish reason"), "{err}");
+    fn openai_requests_always_carry_model_max_tokens_and_include_usage() {
+        let body = client(Api::OpenAi, None).body(&request(10, 77));
+        assert_eq!(body["model"], "served-name");
+        assert_eq!(body["max_tokens"], 77);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["stream"], true);
     }
 
     #[test]
-    fn an_error_object_inside_the_stream_is_a_server_error() {
-        let mut s = state();
-        let err = s
-            .take(
-                r#"{"error":{"code":500,"message":"slot crashed"}}"#,
-                Instant::now(),
-            )
-            .unwrap_err();
-        assert!(matches!(err, StreamFailure::Server(m) if m == "slot crashed"));
+    fn a_prompt_beyond_context_length_is_refused_before_sending() {
+        let c = client(Api::OpenAi, Some(1000));
+        assert!(c.check_fits(&request(300, 500)).is_ok());
+        let err = c.check_fits(&request(3000, 500)).unwrap_err();
+        assert_eq!(err.kind(), "context_overflow");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("context_length of 1000"), "{err}");
+        assert!(
+            client(Api::OpenAi, None)
+                .check_fits(&request(300_000, 500))
+                .is_ok()
+        );
     }
 
     #[test]
-    fn an_event_named_error_is_a_server_error() {
-        let mut s = state();
-        let legacy = Event {
-            event: Some("error".into()),
-            data: r#"{"code":500,"message":"slot crashed","type":"server_error"}"#.into(),
-        };
-        let err = s.take_event(&legacy, Instant::now()).unwrap_err();
-        assert!(matches!(err, StreamFailure::Server(m) if m == "slot crashed"));
-
-        let wrapped = Event {
-            event: Some("error".into()),
-            data: r#"{"error":{"message":"context full"}}"#.into(),
-        };
-        let err = s.take_event(&wrapped, Instant::now()).unwrap_err();
-        assert!(matches!(err, StreamFailure::Server(m) if m == "context full"));
-    }
-
-    #[test]
-    fn context_overflow_bodies_are_recognised() {
-        assert!(is_context_overflow(
-            r#"{"error":{"type":"exceed_context_size_error","n_prompt_tokens":9000,"n_ctx":4096}}"#
-        ));
-        assert!(is_context_overflow(
-            "This model's maximum context length is 8192 tokens"
-        ));
-        assert!(!is_context_overflow("model not found"));
+    fn debug_never_shows_the_key() {
+        let mut c = client(Api::OpenAi, None);
+        c.api_key = Some("sk-very-secret-value".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sk-very-secret-value"), "{shown}");
+        assert!(shown.contains("has_api_key: true"), "{shown}");
+        assert_eq!(
+            c.redact("bad key sk-very-secret-value given"),
+            "bad key [redacted] given"
+        );
     }
 }

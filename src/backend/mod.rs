@@ -1,17 +1,26 @@
 //! Backends: the model servers tandem sends calls to, and the client that talks to them.
 //!
 //! A backend is one server from the configuration with the roles it serves. This module owns the
-//! wire protocol (the OpenAI-compatible chat API, streamed as server-sent events) and turns each
-//! request into a [`client::CallOutcome`] carrying the timestamps every figure is computed from.
-//! Which backend gets which call is the scheduler's business, not this module's.
+//! wire protocols ([`dialect`]: the OpenAI-compatible chat API streamed as server-sent events,
+//! and Ollama's native NDJSON chat), turns each request into a [`client::CallOutcome`] carrying
+//! the timestamps every figure is computed from, maps each server's error shapes to tandem's
+//! kinds ([`error`]), and checks before a batch that every role has a server ready
+//! ([`check_backends`]). Which backend gets which call is the scheduler's business, not this
+//! module's.
 
 pub mod client;
+pub mod dialect;
+pub mod error;
+pub mod ollama;
+pub mod openai;
 pub mod sse;
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Api, BackendConfig};
 pub use client::{CallError, CallOutcome, ChatClient, ChatRequest, Message};
 
 /// The job a model does for a submission.
@@ -65,15 +74,80 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// Asks a server whether it is ready: `GET /health` (llama.cpp, mlx-lm, vLLM), falling back to
-/// `GET /v1/models` where there is no health endpoint. A server still loading its model answers
-/// 503, which is an error here.
-pub async fn probe_health(client: &ChatClient) -> Result<(), CallError> {
+/// How a server answered a health probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// `GET /health` answered 200 (llama.cpp, mlx-lm, vLLM).
+    Ready,
+    /// The server has no `/health`, but its model list answered (LM Studio and others).
+    Listed,
+    /// Ollama's root answered "Ollama is running".
+    Ollama,
+}
+
+/// Asks a server whether it is ready, the way its dialect allows.
+///
+/// An `openai` backend is asked `GET /health` (llama.cpp, mlx-lm, vLLM); where that route does
+/// not exist, Ollama's root (`GET /`, "Ollama is running") and then `GET /v1/models`. An `ollama`
+/// backend is asked `GET /`. A server still loading its model answers 503, which is an error
+/// here ([`CallError::Busy`]).
+pub async fn probe(client: &ChatClient) -> Result<Health, CallError> {
+    if client.api() == Api::Ollama {
+        return client.get("/").await.map(|_| Health::Ollama);
+    }
     match client.get("/health").await {
-        Ok(()) => Ok(()),
-        Err(CallError::Http { status: 404, .. }) => client.get("/v1/models").await,
+        Ok(_) => Ok(Health::Ready),
+        Err(CallError::Http { status: 404, .. }) => {
+            if let Ok(text) = client.get("/").await
+                && text.contains("Ollama is running")
+            {
+                return Ok(Health::Ollama);
+            }
+            client.get("/v1/models").await.map(|_| Health::Listed)
+        }
         Err(other) => Err(other),
     }
+}
+
+/// [`probe`], for callers that only need to know whether the server is ready.
+pub async fn probe_health(client: &ChatClient) -> Result<(), CallError> {
+    probe(client).await.map(|_| ())
+}
+
+/// Checks that an Ollama server has the backend's model pulled (`GET /api/tags`). A list that
+/// cannot be read is not an error: the first call will say what is wrong.
+async fn check_ollama_model(client: &ChatClient) -> Result<(), CallError> {
+    let Ok(text) = client.get("/api/tags").await else {
+        return Ok(());
+    };
+    let Ok(list) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(());
+    };
+    let wanted = client.model();
+    let tagged = if wanted.contains(':') {
+        wanted.to_string()
+    } else {
+        format!("{wanted}:latest")
+    };
+    let names: std::collections::BTreeSet<&str> = list["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| [m["name"].as_str(), m["model"].as_str()])
+        .flatten()
+        .collect();
+    if names.iter().any(|n| *n == wanted || *n == tagged) {
+        return Ok(());
+    }
+    Err(CallError::ModelNotFound {
+        url: format!("{}/api/tags", client.base_url().trim_end_matches("/v1")),
+        model: wanted.to_string(),
+        detail: format!(
+            "it is not among the models pulled on this server ({}); run `ollama pull {wanted}` \
+             there",
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    })
 }
 
 /// A role that no configured backend can serve right now.
@@ -85,66 +159,38 @@ pub struct Unreachable {
     pub failures: String,
 }
 
-/// Checks every backend before a batch. A server still loading its model (HTTP 503) is waited
-/// for; one that cannot be reached fails the check unless `wait` allows time for it to start.
-/// Returns the names of the backends found ready.
+/// How long a server that answers "still loading" is waited for at least, whatever `wait` says:
+/// a large model takes minutes to load, and the server is clearly on its way.
+const LOADING_PATIENCE: Duration = Duration::from_secs(300);
+
+/// How often a server that is starting or loading is asked again.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Checks every backend before a batch, all at once. A server still loading its model (HTTP 503)
+/// is waited for, with a message; one that cannot be reached fails the check at once unless
+/// `wait` allows time for it to start. An Ollama backend must also have its model pulled.
+/// Returns the names of the backends found ready; fails when a role has none, naming each of
+/// its backends' URLs and errors.
 pub async fn check_backends(
     config: &crate::config::Config,
-    wait: std::time::Duration,
+    wait: Duration,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<String>, Unreachable> {
-    use std::time::{Duration, Instant};
+    let checks = config
+        .backends
+        .iter()
+        .map(|backend| check_backend(config, backend, wait, say));
+    let results = futures::future::join_all(checks).await;
 
-    let loading_patience = wait.max(Duration::from_secs(300));
-    let started = Instant::now();
     let mut ready = Vec::new();
-    let mut failures: Vec<(Vec<Role>, String)> = Vec::new();
-    for backend in &config.backends {
-        let client = match ChatClient::new(
-            backend,
-            config.grading.connect_timeout,
-            Duration::from_secs(10),
-        ) {
-            Ok(client) => client,
-            Err(e) => {
-                failures.push((backend.roles.clone(), format!("{} ({})", backend.url, e)));
-                continue;
+    let mut failures: Vec<(&BackendConfig, String)> = Vec::new();
+    for (backend, result) in config.backends.iter().zip(results) {
+        match result {
+            Ok(()) => ready.push(backend.name.clone()),
+            Err(error) => {
+                tracing::warn!(backend = %backend.name, %error, "backend not ready");
+                failures.push((backend, error.to_string()));
             }
-        };
-        let mut announced = false;
-        loop {
-            match probe_health(&client).await {
-                Ok(()) => {
-                    ready.push(backend.name.clone());
-                    break;
-                }
-                Err(CallError::Http { status: 503, .. })
-                    if started.elapsed() < loading_patience =>
-                {
-                    if !announced {
-                        say(&format!(
-                            "waiting for {} ({}): the server is still loading its model",
-                            backend.name, backend.url
-                        ));
-                        announced = true;
-                    }
-                }
-                Err(CallError::Connect { .. }) if started.elapsed() < wait => {
-                    if !announced {
-                        say(&format!(
-                            "waiting for {} ({}) to start",
-                            backend.name, backend.url
-                        ));
-                        announced = true;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(backend = %backend.name, error = %e, "backend not reachable");
-                    failures.push((backend.roles.clone(), e.to_string()));
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     for role in Role::ALL {
@@ -157,7 +203,7 @@ pub async fn check_backends(
         if !ready.iter().any(serves) {
             let failures: Vec<&str> = failures
                 .iter()
-                .filter(|(roles, _)| roles.contains(&role))
+                .filter(|(b, _)| b.roles.contains(&role))
                 .map(|(_, e)| e.as_str())
                 .collect();
             return Err(Unreachable {
@@ -166,5 +212,72 @@ pub async fn check_backends(
             });
         }
     }
+    for (backend, error) in &failures {
+        say(&format!(
+            "warning: backend {} is not ready; the other backends of its roles carry on: {error}",
+            backend.name
+        ));
+    }
     Ok(ready)
+}
+
+async fn check_backend(
+    config: &crate::config::Config,
+    backend: &BackendConfig,
+    wait: Duration,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), CallError> {
+    let client = ChatClient::new(
+        backend,
+        config.grading.connect_timeout,
+        Duration::from_secs(10),
+    )?;
+    let started = Instant::now();
+    let loading_patience = wait.max(LOADING_PATIENCE);
+    let mut announced_loading = false;
+    let mut announced_start = false;
+    loop {
+        match probe(&client).await {
+            Ok(health) => {
+                if announced_loading || announced_start {
+                    say(&format!("{} ({}) is ready", backend.name, backend.url));
+                }
+                if health == Health::Ollama && backend.api == Api::OpenAi {
+                    say(&format!(
+                        "note: {} ({}) is Ollama; with api = \"ollama\" tandem reads its prefill \
+                         time and sets the context size so long prompts are not cut",
+                        backend.name, backend.url
+                    ));
+                }
+                if backend.api == Api::Ollama {
+                    check_ollama_model(&client).await?;
+                }
+                return Ok(());
+            }
+            Err(CallError::Busy { detail, .. }) if started.elapsed() < loading_patience => {
+                if !announced_loading {
+                    say(&format!(
+                        "waiting for {} ({}): the server is still loading its model ({detail})",
+                        backend.name, backend.url
+                    ));
+                    announced_loading = true;
+                }
+            }
+            Err(CallError::Connect { .. } | CallError::Timeout { .. })
+                if started.elapsed() < wait =>
+            {
+                if !announced_start {
+                    say(&format!(
+                        "waiting up to {} s for {} ({}) to start",
+                        wait.as_secs(),
+                        backend.name,
+                        backend.url
+                    ));
+                    announced_start = true;
+                }
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
 }
