@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use tandem::backend::{CallError, ChatClient};
+use tandem::backend::ChatClient;
 use tandem::fake_server::{Dialect, FakeServer, Fault, Reply, When};
 
 use common::{PATIENT, backend_at, chat, chat_error, request};
