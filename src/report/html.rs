@@ -38,7 +38,8 @@ h2 { font-size: 18px; margin: 0 0 2px; }
 h3 { font-size: 15px; margin: 10px 0 2px; }
 p.caption { color: var(--muted); margin: 0 0 10px; font-size: 13.5px; }
 table { border-collapse: collapse; width: 100%; font-size: 13.5px; }
-th, td { padding: 6px 8px; border-bottom: 1px solid var(--line); text-align: left;
+.scroll { overflow-x: auto; }
+th, td { padding: 6px 7px; border-bottom: 1px solid var(--line); text-align: left;
   vertical-align: top; }
 th { color: var(--muted); font-weight: 600; font-size: 12.5px; }
 .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -55,6 +56,8 @@ th { color: var(--muted); font-weight: 600; font-size: 12.5px; }
 .legend i { width: 12px; height: 12px; border-radius: 2px; display: inline-block;
   margin-right: 6px; }
 .pale { opacity: 0.35; }
+td.name { white-space: nowrap; }
+td.name .model { color: var(--muted); font-size: 12.5px; padding-left: 18px; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 20px; }
 .scores { display: grid; grid-template-columns: repeat(auto-fill, minmax(270px, 1fr));
   gap: 10px 18px; }
@@ -166,8 +169,11 @@ fn cards(page: &mut String, summary: &BatchSummary) {
         ),
     );
     card(
-        summary.output_tokens.to_string(),
-        format!("output tokens · {} prompt tokens", summary.prompt_tokens),
+        thousands(summary.output_tokens),
+        format!(
+            "output tokens · {} prompt tokens",
+            thousands(summary.prompt_tokens)
+        ),
     );
     card(
         summary
@@ -201,10 +207,10 @@ fn servers_section(page: &mut String, summary: &BatchSummary) {
         "<section id=\"servers\"><h2>Servers</h2><p class=\"caption\">Rates in tokens per \
          second; a server's rate is its output over the time it was busy, its category against \
          the threshold of its role. The batch row's rate is output over the wall time.</p>\
-         <table><thead><tr><th>server</th><th>model</th><th>roles</th>\
-         <th class=\"num\">requests</th><th class=\"num\">failed attempts</th>\
-         <th class=\"num\">output tokens</th><th class=\"num\">busy s</th>\
-         <th class=\"num\">utilisation</th><th class=\"num\">tok/s</th>\
+         <div class=\"scroll\"><table><thead><tr><th>server · model</th><th>roles</th>\
+         <th class=\"num\">requests</th><th class=\"num\">retried</th>\
+         <th class=\"num\">out tokens</th><th class=\"num\">busy s</th>\
+         <th class=\"num\">busy</th><th class=\"num\">tok/s</th>\
          <th class=\"num\">TTFT p50 / p95 / p99 s</th><th class=\"num\">decode p50</th>\
          <th>category</th></tr></thead><tbody>",
     );
@@ -212,8 +218,8 @@ fn servers_section(page: &mut String, summary: &BatchSummary) {
         let roles: Vec<&str> = s.roles.iter().map(|r| r.as_str()).collect();
         let _ = write!(
             page,
-            "<tr><td><span class=\"legend\"><span><i style=\"background:{}\"></i>{}</span></span></td>\
-             <td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+            "<tr><td class=\"name\"><span class=\"legend\"><span><i style=\"background:{}\"></i>{}</span></span>\
+             <div class=\"model\">{}</div></td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{}</td><td class=\"num\">{:.1}</td><td class=\"num\">{:.0}%</td>\
              <td class=\"num\">{:.1}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td>{}</td></tr>",
@@ -223,7 +229,7 @@ fn servers_section(page: &mut String, summary: &BatchSummary) {
             roles.join(", "),
             s.requests,
             s.failures,
-            s.output_tokens,
+            thousands(s.output_tokens),
             s.busy_seconds,
             s.utilisation * 100.0,
             s.output_tokens_per_second,
@@ -238,13 +244,13 @@ fn servers_section(page: &mut String, summary: &BatchSummary) {
     }
     let _ = write!(
         page,
-        "<tr><td><strong>batch</strong></td><td></td><td></td><td class=\"num\">{}</td>\
+        "<tr><td><strong>batch</strong></td><td></td><td class=\"num\">{}</td>\
          <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1}</td>\
          <td class=\"num\"></td><td class=\"num\">{:.1}</td><td class=\"num\">{}</td>\
          <td class=\"num\">{}</td><td>{}</td></tr>",
         summary.attempts,
         summary.retried_attempts_by_kind.values().sum::<u64>(),
-        summary.output_tokens,
+        thousands(summary.output_tokens),
         summary.busy_seconds,
         summary.combined_throughput_tokens_per_second,
         summary.ttft_seconds.map_or("–".into(), |p| format!(
@@ -256,7 +262,7 @@ fn servers_section(page: &mut String, summary: &BatchSummary) {
             .map_or("–".into(), |d| format!("{d:.1}")),
         badge(summary.category.map(Category::as_str)),
     );
-    page.push_str("</tbody></table></section>\n");
+    page.push_str("</tbody></table></div></section>\n");
 }
 
 fn timeline_section(page: &mut String, records: &[&ResultRecord], summary: &BatchSummary) {
@@ -434,12 +440,12 @@ fn scores_section(page: &mut String, records: &[&ResultRecord]) {
         &score_counts(&totals, max_total),
         "#4b5563",
     ));
-    for (i, (id, name, max)) in criteria.iter().enumerate() {
+    for (id, name, max) in &criteria {
         let values = scores.get(id).map(Vec::as_slice).unwrap_or_default();
         page.push_str(&svg::score_bars(
             &format!("{name} (of {})", number(*max)),
             &score_counts(values, *max),
-            server_colour(i + 2),
+            "#2a9d8f",
         ));
     }
     page.push_str("</div></section>\n");
@@ -622,6 +628,19 @@ fn role_index(role: Role) -> usize {
     }
 }
 
+/// A count with a thin space between groups of three digits: `14 639`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push('\u{2009}');
+        }
+        out.push(ch);
+    }
+    out
+}
+
 fn number(x: f64) -> String {
     if x.fract() == 0.0 {
         format!("{x:.0}")
@@ -633,6 +652,13 @@ fn number(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(thousands(7), "7");
+        assert_eq!(thousands(14_639), "14\u{2009}639");
+        assert_eq!(thousands(1_000_000), "1\u{2009}000\u{2009}000");
+    }
 
     #[test]
     fn score_counts_cover_every_score_from_zero_to_the_maximum() {

@@ -203,7 +203,7 @@ pub struct TimelineLane {
     pub calls: Vec<TimelineCall>,
 }
 
-const ROW: f64 = 13.0;
+const ROW: f64 = 16.0;
 const ROW_GAP: f64 = 3.0;
 const LANE_PAD: f64 = 8.0;
 
@@ -436,6 +436,12 @@ pub fn stacked_histogram(
     }
     for (k, (label, value)) in markers.iter().enumerate() {
         let mx = x(*value);
+        // Labels near the right edge go on the left of their line, so they stay inside.
+        let (lx, anchor) = if mx > frame.left + 0.75 * frame.plot_width() {
+            (mx - 4.0, "end")
+        } else {
+            (mx + 4.0, "start")
+        };
         let _ = write!(
             svg,
             r#"<line x1="{mx:.1}" y1="{:.1}" x2="{mx:.1}" y2="{:.1}" stroke="{TEXT}" stroke-dasharray="4 3"/>"#,
@@ -444,8 +450,7 @@ pub fn stacked_histogram(
         );
         let _ = write!(
             svg,
-            r#"<text x="{:.1}" y="{:.1}" font-size="11" fill="{TEXT}">{} {}</text>"#,
-            mx + 4.0,
+            r#"<text x="{lx:.1}" y="{:.1}" text-anchor="{anchor}" font-size="11" fill="{TEXT}" stroke="white" stroke-width="3" paint-order="stroke">{} {}</text>"#,
             frame.top + 10.0 + 13.0 * k as f64,
             escape(label),
             tick_label(*value, step / 10.0)
