@@ -693,7 +693,7 @@ const TABLE_HEADER: [&str; 15] = [
     "lat_p95",
     "lat_p99",
     "out_tok/s",
-    "category",
+    "category out / decode",
 ];
 
 /// The probe as plain-text tables, one per backend; seconds and rates to two or one decimals.
