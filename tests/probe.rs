@@ -30,12 +30,7 @@ description = "Does it."
 fn config(dir: &Path, backends: &[(&str, &str, usize)]) -> Config {
     std::fs::write(dir.join("rubric.toml"), RUBRIC).unwrap();
     let mut text = String::from("[assignment]\nrubric = \"rubric.toml\"\n");
-    for (i, (name, url, concurrency)) in backends.iter().enumerate() {
-        let role = if i % 2 == 0 {
-            "code_analysis"
-        } else {
-            "feedback"
-        };
+    for (name, url, concurrency) in backends {
         text.push_str(&format!(
             "\n[[backend]]\nname = \"{name}\"\nroles = [\"code_analysis\", \"feedback\"]\n\
              url = \"{url}\"\nmodel = \"fake-model\"\nmax_concurrency = {concurrency}\n"

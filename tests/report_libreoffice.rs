@@ -193,11 +193,7 @@ fn check(csv_path: &Path, rows: &[Vec<Cell>]) {
     for (r, record) in records.iter().enumerate().skip(1) {
         for (c, field) in record.iter().enumerate() {
             let cell = rows[r].get(c).cloned().unwrap_or(Cell::Empty);
-            let at = format!(
-                "{name}: row {} column {} (`{field}`)",
-                r + 1,
-                header[c].to_string()
-            );
+            let at = format!("{name}: row {} column {} (`{field}`)", r + 1, &header[c]);
             if field.is_empty() {
                 assert_eq!(cell, Cell::Empty, "{at}");
             } else if let Ok(number) = field.parse::<f64>() {

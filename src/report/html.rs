@@ -126,9 +126,9 @@ fn header(page: &mut String, batch_id: &str, summary: &BatchSummary, settings: &
         ),
         _ => String::new(),
     };
-    let _ = write!(
+    let _ = writeln!(
         page,
-        "<header><h1>{}</h1><p>Batch {}{}</p></header>\n",
+        "<header><h1>{}</h1><p>Batch {}{}</p></header>",
         escape(&heading),
         escape(batch_id),
         escape(&when)
@@ -137,51 +137,52 @@ fn header(page: &mut String, batch_id: &str, summary: &BatchSummary, settings: &
 
 fn cards(page: &mut String, summary: &BatchSummary) {
     page.push_str("<div class=\"cards\">");
-    let mut card = |value: String, label: String| {
-        let _ = write!(
-            page,
-            "<div class=\"card\"><div class=\"value\">{value}</div><div class=\"label\">{label}</div></div>"
+    {
+        let mut card = |value: String, label: String| {
+            let _ = write!(
+                page,
+                "<div class=\"card\"><div class=\"value\">{value}</div><div class=\"label\">{label}</div></div>"
+            );
+        };
+        card(
+            format!("{} / {}", summary.graded, summary.submissions),
+            format!(
+                "graded · {} failed · {} duplicate",
+                summary.failed, summary.duplicates
+            ),
         );
-    };
-    card(
-        format!("{} / {}", summary.graded, summary.submissions),
-        format!(
-            "graded · {} failed · {} duplicate",
-            summary.failed, summary.duplicates
-        ),
-    );
-    card(
-        svg::clock(summary.wall_seconds),
-        format!("wall time ({:.1} s)", summary.wall_seconds),
-    );
-    card(
-        format!("{:.1}", summary.combined_throughput_tokens_per_second),
-        format!(
-            "output tok/s combined {}",
-            badge(summary.category.map(Category::as_str))
-        ),
-    );
-    card(
-        format!("{:.2}", summary.parallel_efficiency),
-        format!(
-            "parallel efficiency (servers working on average, of {})",
-            summary.servers.len()
-        ),
-    );
-    card(
-        thousands(summary.output_tokens),
-        format!(
-            "output tokens · {} prompt tokens",
-            thousands(summary.prompt_tokens)
-        ),
-    );
-    card(
-        summary
-            .ttft_seconds
-            .map_or("–".to_string(), |p| format!("{:.2} s", p.p50)),
-        "time to first token, median".to_string(),
-    );
-    drop(card);
+        card(
+            svg::clock(summary.wall_seconds),
+            format!("wall time ({:.1} s)", summary.wall_seconds),
+        );
+        card(
+            format!("{:.1}", summary.combined_throughput_tokens_per_second),
+            format!(
+                "output tok/s combined {}",
+                badge(summary.category.map(Category::as_str))
+            ),
+        );
+        card(
+            format!("{:.2}", summary.parallel_efficiency),
+            format!(
+                "parallel efficiency (servers working on average, of {})",
+                summary.servers.len()
+            ),
+        );
+        card(
+            thousands(summary.output_tokens),
+            format!(
+                "output tokens · {} prompt tokens",
+                thousands(summary.prompt_tokens)
+            ),
+        );
+        card(
+            summary
+                .ttft_seconds
+                .map_or("–".to_string(), |p| format!("{:.2} s", p.p50)),
+            "time to first token, median".to_string(),
+        );
+    }
     page.push_str("</div>\n");
 }
 
@@ -297,7 +298,7 @@ fn timeline_section(page: &mut String, records: &[&ResultRecord], summary: &Batc
                 .collect(),
         })
         .collect();
-    let _ = write!(
+    let _ = writeln!(
         page,
         "<section id=\"timeline\"><h2>Timeline of calls</h2><p class=\"caption\">A lane per \
          server, a bar per call from its request to its last token; the pale start of a bar is \
@@ -305,7 +306,7 @@ fn timeline_section(page: &mut String, records: &[&ResultRecord], summary: &Batc
          Parallel efficiency {:.2}: on average {:.2} of {} servers were working.</p>\
          <div class=\"legend\"><span><i style=\"background:{}\"></i>code analysis</span>\
          <span><i style=\"background:{}\"></i>feedback</span>\
-         <span><i class=\"pale\" style=\"background:#555\"></i>waiting for the first token</span></div>{}</section>\n",
+         <span><i class=\"pale\" style=\"background:#555\"></i>waiting for the first token</span></div>{}</section>",
         summary.parallel_efficiency,
         summary.parallel_efficiency,
         summary.servers.len(),
@@ -342,11 +343,11 @@ fn throughput_section(page: &mut String, records: &[&ResultRecord], summary: &Ba
             (s.name.clone(), per_minute)
         })
         .collect();
-    let _ = write!(
+    let _ = writeln!(
         page,
         "<section id=\"throughput\"><h2>Throughput over the batch</h2><p class=\"caption\">\
          Output tokens per minute, each call's tokens spread over its decoding time, stacked by \
-         server. Over the whole batch: {:.1} tokens per second.</p>{}{}</section>\n",
+         server. Over the whole batch: {:.1} tokens per second.</p>{}{}</section>",
         summary.combined_throughput_tokens_per_second,
         legend(summary),
         svg::stacked_time_bars(&series, bucket, "output tokens per minute", 1190.0),
@@ -382,13 +383,13 @@ fn distributions_section(page: &mut String, records: &[&ResultRecord], summary: 
         .map(|d| ("p50", d))
         .into_iter()
         .collect();
-    let _ = write!(
+    let _ = writeln!(
         page,
         "<section id=\"distributions\"><h2>Latency and decode rate</h2><p class=\"caption\">\
          How many calls took how long to their first token, and how fast they decoded after \
          it, stacked by server; dashed lines mark the batch's percentiles.</p>{}\
          <div class=\"pair\"><div><h3>Time to first token</h3>{}</div>\
-         <div><h3>Decode rate</h3>{}</div></div></section>\n",
+         <div><h3>Decode rate</h3>{}</div></div></section>",
         legend(summary),
         svg::stacked_histogram(
             &ttft,
@@ -633,7 +634,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push('\u{2009}');
         }
         out.push(ch);

@@ -50,12 +50,11 @@ pub fn nice_step(max: f64, count: usize) -> f64 {
     }
     let raw = max / count as f64;
     let magnitude = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
+    [1.0, 2.0, 5.0, 10.0]
         .into_iter()
         .map(|m| m * magnitude)
         .find(|s| *s >= raw)
-        .unwrap_or(10.0 * magnitude);
-    step
+        .unwrap_or(10.0 * magnitude)
 }
 
 /// Ticks from 0 up to the first multiple of a nice step at or above `max`.
