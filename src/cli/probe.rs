@@ -62,12 +62,11 @@ pub async fn probe(config_path: &Path, args: &ProbeArgs) -> Result<u8, String> {
     let files = probe::write(&config.paths.reports, &report).map_err(|e| e.to_string())?;
 
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("probe reports serialise")
-        );
+        let mut text = serde_json::to_string_pretty(&report).expect("probe reports serialise");
+        text.push('\n');
+        super::report::emit(&text)?;
     } else {
-        print!("{}", probe::render_table(&report));
+        super::report::emit(&probe::render_table(&report))?;
     }
     eprintln!(
         "Probe written to {} and {}",

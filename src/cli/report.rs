@@ -49,26 +49,37 @@ pub fn show(
     let recommendations = recommend(&summary, &records, &settings);
     if json {
         let text = tandem::report::report_json(&batch, &records, &summary, &recommendations);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&text).expect("reports serialise")
-        );
+        let mut text = serde_json::to_string_pretty(&text).expect("reports serialise");
+        text.push('\n');
+        emit(&text)?;
         return Ok(EXIT_OK);
     }
 
-    print!(
-        "{}",
-        render_terminal_report(&batch, &records, &summary, &settings, &recommendations)
-    );
+    let mut text = render_terminal_report(&batch, &records, &summary, &settings, &recommendations);
     let page = config
         .paths
         .reports
         .join(&batch)
         .join(tandem::report::HTML_FILE);
     if page.is_file() {
-        println!("\nPage: {}", page.display());
+        text.push_str(&format!("\nPage: {}\n", page.display()));
     }
+    emit(&text)?;
     Ok(EXIT_OK)
+}
+
+/// Writes text to stdout. A reader that stops early (`| head`) is not an error: the rest is
+/// simply not wanted.
+pub(super) fn emit(text: &str) -> Result<(), String> {
+    use std::io::Write;
+
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The newest batch folder in the outbox (batch ids sort by time).
