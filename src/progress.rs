@@ -12,7 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use crate::backend::Role;
 use crate::record::{CallRecord, ResultRecord, Status};
@@ -116,6 +116,7 @@ impl Progress {
     }
 
     /// The time left if the rest go at the pace so far; `None` before the first one finishes.
+    /// [`eta_text`] shows it.
     pub fn eta(&self) -> Option<Duration> {
         let done = self.done();
         (done > 0).then(|| self.elapsed.mul_f64(self.remaining() as f64 / done as f64))
@@ -132,10 +133,24 @@ pub fn short_duration(duration: Duration) -> String {
     }
 }
 
-/// The bar's message: counts, ETA and each server's current rate.
+/// The whole line the bar shows after its counter: counts, ETA and each server's current rate.
 ///
 /// `12 graded · 1 failed · 17 left · ETA 4m 10s · local-code 31.2 tok/s · local-feedback 28.4 tok/s`
+///
+/// On the terminal the three parts are drawn separately ([`counts_text`] as the bar's prefix,
+/// [`eta_text`] at every redraw, [`rates_text`] as its message), so that the ETA counts down
+/// between finished submissions.
 pub fn progress_message(progress: &Progress) -> String {
+    format!(
+        "{} · {}{}",
+        counts_text(progress),
+        eta_text(progress.elapsed, progress.done(), progress.total),
+        rates_text(&progress.rates)
+    )
+}
+
+/// `12 graded · 1 failed · 17 left`, with duplicates when there are any.
+pub fn counts_text(progress: &Progress) -> String {
     let mut parts = vec![
         format!("{} graded", progress.graded),
         format!("{} failed", progress.failed),
@@ -144,23 +159,38 @@ pub fn progress_message(progress: &Progress) -> String {
         parts.push(format!("{} duplicate", progress.duplicates));
     }
     parts.push(format!("{} left", progress.remaining()));
-    parts.push(match progress.eta() {
-        Some(eta) if progress.remaining() > 0 => format!("ETA {}", short_duration(eta)),
-        Some(_) => "done".to_string(),
-        None => "ETA -".to_string(),
-    });
-    for (server, rate) in &progress.rates {
-        parts.push(format!("{server} {rate:.1} tok/s"));
-    }
     parts.join(" · ")
 }
 
-/// The bar's indicatif template, with colours or without (`NO_COLOR`).
+/// `ETA 4m 10s` at the pace so far, `ETA -` before the first submission is done, `done` after
+/// the last.
+pub fn eta_text(elapsed: Duration, done: usize, total: usize) -> String {
+    let remaining = total.saturating_sub(done);
+    if done == 0 {
+        "ETA -".to_string()
+    } else if remaining == 0 {
+        "done".to_string()
+    } else {
+        let eta = elapsed.mul_f64(remaining as f64 / done as f64);
+        format!("ETA {}", short_duration(eta))
+    }
+}
+
+/// ` · local-code 31.2 tok/s · local-feedback 28.4 tok/s`, empty before any call finished.
+pub fn rates_text(rates: &[(String, f64)]) -> String {
+    rates
+        .iter()
+        .map(|(server, rate)| format!(" · {server} {rate:.1} tok/s"))
+        .collect()
+}
+
+/// The bar's indicatif template, with colours or without (`NO_COLOR`). `{eta_left}` is drawn by
+/// [`eta_text`].
 pub fn bar_template(colour: bool) -> &'static str {
     if colour {
-        "{spinner:.green} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg}"
+        "{spinner:.green} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {prefix} · {eta_left}{msg}"
     } else {
-        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}"
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {prefix} · {eta_left}{msg}"
     }
 }
 
@@ -289,9 +319,19 @@ impl LiveDisplay {
             new.set_style(
                 ProgressStyle::with_template(bar_template(*colour))
                     .expect("the bar templates are valid")
+                    .with_key(
+                        "eta_left",
+                        |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                            let total = state.len().unwrap_or(0) as usize;
+                            let text = eta_text(state.elapsed(), state.pos() as usize, total);
+                            let _ = out.write_str(&text);
+                        },
+                    )
                     .progress_chars("█▉▊▋▌▍▎▏ "),
             );
-            new.set_message(progress_message(&self.state.lock().unwrap().progress()));
+            let progress = self.state.lock().unwrap().progress();
+            new.set_prefix(counts_text(&progress));
+            new.set_message(rates_text(&progress.rates));
             new.enable_steady_tick(Duration::from_millis(200));
             if let Some(old) = bar.lock().unwrap().replace(new) {
                 old.finish_and_clear();
@@ -333,7 +373,8 @@ impl LiveDisplay {
             let mut bar = bar.lock().unwrap();
             if let Some(current) = bar.as_ref() {
                 current.set_position(done as u64);
-                current.set_message(progress_message(&progress));
+                current.set_prefix(counts_text(&progress));
+                current.set_message(rates_text(&progress.rates));
                 if done >= total {
                     current.finish_and_clear();
                     *bar = None;
@@ -346,7 +387,9 @@ impl LiveDisplay {
         if let Output::Terminal { bar, .. } = &self.output
             && let Some(bar) = bar.lock().unwrap().as_ref()
         {
-            bar.set_message(progress_message(&self.state.lock().unwrap().progress()));
+            let progress = self.state.lock().unwrap().progress();
+            bar.set_prefix(counts_text(&progress));
+            bar.set_message(rates_text(&progress.rates));
         }
     }
 }

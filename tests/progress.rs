@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tandem::backend::Role;
 use tandem::progress::{
-    LiveDisplay, Progress, ServerRates, bar_template, call_line, progress_message, short_duration,
-    submission_line,
+    LiveDisplay, Progress, ServerRates, bar_template, call_line, eta_text, progress_message,
+    short_duration, submission_line,
 };
 use tandem::record::Status;
 use tandem::scheduler::Observer;
@@ -169,4 +169,13 @@ fn plain_display_writes_one_line_per_event_and_counts_each_batch_afresh() {
         !text.contains('\u{1b}'),
         "plain lines hold no terminal codes"
     );
+}
+
+#[test]
+fn eta_counts_down_with_the_time_spent_so_far() {
+    let at = |seconds| eta_text(Duration::from_secs(seconds), 12, 30);
+    assert_eq!(at(300), "ETA 7m 30s");
+    assert_eq!(at(600), "ETA 15m 00s");
+    assert_eq!(eta_text(Duration::from_secs(9), 0, 30), "ETA -");
+    assert_eq!(eta_text(Duration::from_secs(9), 30, 30), "done");
 }
