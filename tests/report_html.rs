@@ -17,14 +17,17 @@ use tandem::diagnostics::batch::summarise;
 use tandem::report::write_batch_reports;
 
 fn write_page(root: &Path) -> PathBuf {
-    let records = night();
-    let summary = summarise(&records, &settings().thresholds);
+    write_records(root, &night())
+}
+
+fn write_records(root: &Path, records: &[tandem::record::ResultRecord]) -> PathBuf {
+    let summary = summarise(records, &settings().thresholds);
     let reports = root.join("reports");
     write_batch_reports(
         &reports.join(BATCH),
         &reports,
         BATCH,
-        &records,
+        records,
         &summary,
         &settings(),
     )
@@ -53,6 +56,21 @@ fn page_is_self_contained() {
     let namespaces = page.matches("xmlns=\"http://www.w3.org/2000/svg\"").count();
     assert_eq!(urls, namespaces);
     assert!(namespaces >= 5, "{namespaces} charts");
+}
+
+#[test]
+fn text_from_submissions_and_servers_cannot_become_markup() {
+    let mut records = night();
+    let hostile = "<script>alert(\"graded\")</script><img src=x onerror=alert(1)>";
+    records[0].submission.student.name = Some(hostile.to_string());
+    records[1].flags = vec![hostile.to_string()];
+    records[7].error.as_mut().unwrap().message = hostile.to_string();
+    let root = tempfile::tempdir().unwrap();
+
+    let page = std::fs::read_to_string(write_records(root.path(), &records)).unwrap();
+
+    assert!(!page.contains("<script") && !page.contains("<img"));
+    assert!(page.contains("&lt;script&gt;alert(&quot;graded&quot;)&lt;/script&gt;"));
 }
 
 #[test]
