@@ -279,6 +279,7 @@ async fn grade_batch(
         batch,
         &records,
         &summary,
+        &report::ReportSettings::from_config(config),
     )?;
     tracing::info!(%batch, reports = %reports.dir.display(), "batch finished");
     Ok(BatchOutcome {

@@ -37,6 +37,7 @@ pub mod diagnostics;
 pub mod fake_server;
 pub mod grading;
 pub mod inbox;
+pub mod probe;
 pub mod progress;
 pub mod queue;
 pub mod record;

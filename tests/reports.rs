@@ -25,7 +25,7 @@ use tandem::record::{
     PromptEvalSource, RecordError, ResultRecord, RetryNote, Status, Student, SubmissionInfo,
     TokenSource,
 };
-use tandem::report::{ReportError, render_terminal_summary, write_batch_reports};
+use tandem::report::{ReportError, ReportSettings, render_terminal_summary, write_batch_reports};
 
 const BATCH: &str = "2026-12-04T2100";
 
@@ -139,6 +139,13 @@ fn feedback(summary: &str) -> Feedback {
         summary: summary.to_string(),
         strengths: Vec::new(),
         improvements: Vec::new(),
+    }
+}
+
+fn settings() -> ReportSettings {
+    ReportSettings {
+        assignment: "Sales analysis".to_string(),
+        ..ReportSettings::default()
     }
 }
 
@@ -403,21 +410,84 @@ fn writes_the_batch_csv_reports() {
     let reports = root.path().join("reports");
     let dir = reports.join(BATCH);
 
-    let files = write_batch_reports(&dir, &reports, BATCH, &batch(), &summary()).unwrap();
+    let files =
+        write_batch_reports(&dir, &reports, BATCH, &batch(), &summary(), &settings()).unwrap();
 
     assert_eq!(files.summary, dir.join("summary.csv"));
     insta::assert_snapshot!("summary_csv", read(&files.summary));
     insta::assert_snapshot!("submissions_csv", read(&files.submissions));
     insta::assert_snapshot!("grades_csv", read(&files.grades));
     insta::assert_snapshot!("batches_csv", read(&files.batches));
+    insta::assert_snapshot!(
+        "gradebook_canvas_csv",
+        read(files.gradebook.as_ref().unwrap())
+    );
+}
+
+#[test]
+fn gradebook_is_left_out_without_lms_ids_and_for_moodle_participants() {
+    let root = tempfile::tempdir().unwrap();
+    let reports = root.path().join("reports");
+    let mut records = batch();
+    write_batch_reports(
+        &reports.join(BATCH),
+        &reports,
+        BATCH,
+        &records,
+        &summary(),
+        &settings(),
+    )
+    .unwrap();
+    assert!(reports.join(BATCH).join("gradebook-canvas.csv").is_file());
+
+    // A Moodle participant id is not a Canvas user id.
+    for record in &mut records {
+        record.submission.files = vec![format!(
+            "Alice Adams_{}_assignsubmission_file_hw.ipynb",
+            record.submission.student.lms_id.as_deref().unwrap()
+        )];
+    }
+    let files = write_batch_reports(
+        &reports.join(BATCH),
+        &reports,
+        BATCH,
+        &records,
+        &summary(),
+        &settings(),
+    )
+    .unwrap();
+    assert_eq!(files.gradebook, None);
+    assert!(!reports.join(BATCH).join("gradebook-canvas.csv").exists());
+
+    for record in &mut records {
+        record.submission.student.lms_id = None;
+        record.submission.files = vec!["hw.ipynb".to_string()];
+    }
+    let files = write_batch_reports(
+        &reports.join(BATCH),
+        &reports,
+        BATCH,
+        &records,
+        &summary(),
+        &settings(),
+    )
+    .unwrap();
+    assert_eq!(files.gradebook, None);
 }
 
 #[test]
 fn reports_parse_back_as_rectangular_csv() {
     let root = tempfile::tempdir().unwrap();
     let reports = root.path().join("reports");
-    let files =
-        write_batch_reports(&reports.join(BATCH), &reports, BATCH, &batch(), &summary()).unwrap();
+    let files = write_batch_reports(
+        &reports.join(BATCH),
+        &reports,
+        BATCH,
+        &batch(),
+        &summary(),
+        &settings(),
+    )
+    .unwrap();
 
     for (path, rows) in [
         (&files.summary, 3),
@@ -451,14 +521,31 @@ fn reports_parse_back_as_rectangular_csv() {
 fn leaves_no_temporary_files_behind() {
     let root = tempfile::tempdir().unwrap();
     let reports = root.path().join("reports");
-    write_batch_reports(&reports.join(BATCH), &reports, BATCH, &batch(), &summary()).unwrap();
+    write_batch_reports(
+        &reports.join(BATCH),
+        &reports,
+        BATCH,
+        &batch(),
+        &summary(),
+        &settings(),
+    )
+    .unwrap();
 
     let mut names: Vec<String> = fs::read_dir(reports.join(BATCH))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["grades.csv", "submissions.csv", "summary.csv"]);
+    assert_eq!(
+        names,
+        [
+            "gradebook-canvas.csv",
+            "grades.csv",
+            "report.html",
+            "submissions.csv",
+            "summary.csv"
+        ]
+    );
 }
 
 #[test]
@@ -468,8 +555,24 @@ fn batches_csv_keeps_one_row_per_batch() {
     let records = batch();
     let summary = summary();
 
-    write_batch_reports(&reports.join(BATCH), &reports, BATCH, &records, &summary).unwrap();
-    write_batch_reports(&reports.join(BATCH), &reports, BATCH, &records, &summary).unwrap();
+    write_batch_reports(
+        &reports.join(BATCH),
+        &reports,
+        BATCH,
+        &records,
+        &summary,
+        &settings(),
+    )
+    .unwrap();
+    write_batch_reports(
+        &reports.join(BATCH),
+        &reports,
+        BATCH,
+        &records,
+        &summary,
+        &settings(),
+    )
+    .unwrap();
     let once = read(&reports.join("batches.csv"));
     assert_eq!(once.lines().count(), 2, "{once}");
 
@@ -481,10 +584,19 @@ fn batches_csv_keeps_one_row_per_batch() {
         "next",
         later,
         &later_summary,
+        &settings(),
     )
     .unwrap();
     // Rebuilding the first batch from fewer records replaces its row where it stands.
-    write_batch_reports(&reports.join(BATCH), &reports, BATCH, later, &later_summary).unwrap();
+    write_batch_reports(
+        &reports.join(BATCH),
+        &reports,
+        BATCH,
+        later,
+        &later_summary,
+        &settings(),
+    )
+    .unwrap();
 
     let text = read(&reports.join("batches.csv"));
     let lines: Vec<&str> = text.lines().collect();
@@ -508,6 +620,7 @@ fn refuses_to_rewrite_a_batches_csv_with_other_columns() {
         BATCH,
         &batch(),
         &summary(),
+        &settings(),
     )
     .unwrap_err();
 
@@ -525,8 +638,15 @@ fn errors_name_the_file_at_fault() {
     let blocked = root.path().join("reports");
     fs::write(&blocked, "not a folder").unwrap();
 
-    let error = write_batch_reports(&blocked.join(BATCH), &blocked, BATCH, &batch(), &summary())
-        .unwrap_err();
+    let error = write_batch_reports(
+        &blocked.join(BATCH),
+        &blocked,
+        BATCH,
+        &batch(),
+        &summary(),
+        &settings(),
+    )
+    .unwrap_err();
 
     assert!(matches!(error, ReportError::CreateDir { .. }), "{error:?}");
     assert!(

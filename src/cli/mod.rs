@@ -5,6 +5,7 @@
 //! one-line reason naming the file, key or URL at fault.
 
 mod init;
+mod probe;
 mod report;
 
 use std::io::IsTerminal;
@@ -64,10 +65,12 @@ pub enum Command {
         /// Print the summary as JSON, for scripts.
         #[arg(long)]
         json: bool,
-        /// Regenerate every CSV of the batch from its outbox records.
+        /// Regenerate every CSV and the page of the batch from its outbox records.
         #[arg(long)]
         rebuild: bool,
     },
+    /// Measure each configured server with standard prompts at rising concurrency.
+    Probe(probe::ProbeArgs),
     /// Write a starter tandem.toml and rubric.toml into the current folder.
     Init {
         /// Replace files that already exist.
@@ -104,6 +107,7 @@ pub async fn dispatch(args: Args) -> u8 {
             json,
             rebuild,
         } => report::show(&args.config, batch.as_deref(), json, rebuild),
+        Command::Probe(probe_args) => probe::probe(&args.config, &probe_args).await,
         Command::Init { force } => init::write_starter(force),
     };
     match result {

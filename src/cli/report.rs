@@ -4,11 +4,12 @@ use std::path::Path;
 
 use tandem::diagnostics::batch::summarise;
 use tandem::queue::read_records;
-use tandem::record::Status;
+use tandem::report::{ReportSettings, recommend, render_terminal_report};
 
 use super::{EXIT_OK, load_config};
 
-/// Prints a batch's summary (the latest one when none is named), and rebuilds its CSVs if asked.
+/// Prints a batch's report (the latest batch when none is named), and rebuilds its files if
+/// asked.
 pub fn show(
     config_path: &Path,
     batch: Option<&str>,
@@ -27,6 +28,7 @@ pub fn show(
     }
     let records = read_records(&dir).map_err(|e| e.to_string())?;
     let summary = summarise(&records, &config.thresholds);
+    let settings = ReportSettings::from_config(&config);
 
     if rebuild {
         let files = tandem::report::write_batch_reports(
@@ -35,6 +37,7 @@ pub fn show(
             &batch,
             &records,
             &summary,
+            &settings,
         )
         .map_err(|e| e.to_string())?;
         eprintln!(
@@ -43,43 +46,40 @@ pub fn show(
         );
     }
 
+    let recommendations = recommend(&summary, &records, &settings);
     if json {
-        let text = serde_json::json!({
-            "batch": batch,
-            "summary": summary,
-            "failures": records.iter().filter(|r| r.status == Status::Failed).map(|r| {
-                serde_json::json!({"id": r.submission.id, "error": r.error})
-            }).collect::<Vec<_>>(),
-        });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&text).expect("summaries serialise")
-        );
+        let text = tandem::report::report_json(&batch, &records, &summary, &recommendations);
+        let mut text = serde_json::to_string_pretty(&text).expect("reports serialise");
+        text.push('\n');
+        emit(&text)?;
         return Ok(EXIT_OK);
     }
 
-    println!("Batch {batch}");
-    println!("{}", tandem::report::render_terminal_summary(&summary));
-    let failed: Vec<_> = records
-        .iter()
-        .filter(|r| r.status == Status::Failed)
-        .collect();
-    if !failed.is_empty() {
-        println!("\nFailed submissions:");
-        for r in failed {
-            if let Some(e) = &r.error {
-                println!("  {}: {}: {}", r.submission.id, e.kind, e.message);
-            }
-        }
+    let mut text = render_terminal_report(&batch, &records, &summary, &settings, &recommendations);
+    let page = config
+        .paths
+        .reports
+        .join(&batch)
+        .join(tandem::report::HTML_FILE);
+    if page.is_file() {
+        text.push_str(&format!("\nPage: {}\n", page.display()));
     }
-    let flagged: Vec<_> = records.iter().filter(|r| !r.flags.is_empty()).collect();
-    if !flagged.is_empty() {
-        println!("\nFlagged for review:");
-        for r in flagged {
-            println!("  {}: {}", r.submission.id, r.flags.join(", "));
-        }
-    }
+    emit(&text)?;
     Ok(EXIT_OK)
+}
+
+/// Writes text to stdout. A reader that stops early (`| head`) is not an error: the rest is
+/// simply not wanted.
+pub(super) fn emit(text: &str) -> Result<(), String> {
+    use std::io::Write;
+
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The newest batch folder in the outbox (batch ids sort by time).

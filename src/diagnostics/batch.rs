@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, FixedOffset};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{categorise, rate, seconds_between};
 use crate::backend::Role;
@@ -110,7 +110,7 @@ pub struct ServerSummary {
 }
 
 /// The 50th, 95th and 99th nearest-rank percentiles of a figure.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     /// The median.
     pub p50: f64,

@@ -5,6 +5,11 @@
 //! units), seconds and rates rounded to three decimals, times in ISO 8601, and a cell is empty
 //! where a figure does not apply.
 //!
+//! The Canvas gradebook (`gradebook-canvas.csv`) follows Canvas's import layout instead: the
+//! identity columns `Student`, `ID`, `SIS User ID`, `SIS Login ID`, `Section`, then one column
+//! named after the assignment, a `Points Possible` row under the header, and a row per graded
+//! submission whose LMS name gave a Canvas user id.
+//!
 //! In `summary.csv` a server row's `requests` are the requests it was sent and its `failures`
 //! the attempts that failed on it and were tried again. The `batch` row's `requests` are all
 //! requests sent for the calls that answered, retries included, and its `failures` are those
@@ -20,6 +25,11 @@ use super::ReportError;
 use crate::backend::Role;
 use crate::diagnostics::batch::{BatchSummary, Percentiles};
 use crate::record::{CallRecord, Category, ResultRecord, Status};
+use crate::submission::{Lms, parse_lms_name};
+
+/// The identity columns of a Canvas gradebook, in the order Canvas's import expects them.
+pub const CANVAS_IDENTITY_COLUMNS: [&str; 5] =
+    ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"];
 
 /// One row of `summary.csv`: a server, or the whole batch.
 #[derive(Debug, Clone, Serialize)]
@@ -334,6 +344,82 @@ pub fn batches_csv(
     finish(path, writer)
 }
 
+/// The Canvas user id of a record's student, when its LMS name gave one.
+///
+/// Moodle's participant ids are not Canvas ids, so a record whose files or id carry Moodle's
+/// naming has none here.
+pub fn canvas_user_id(record: &ResultRecord) -> Option<&str> {
+    let id = record.submission.student.lms_id.as_deref()?;
+    let names = record
+        .submission
+        .files
+        .iter()
+        .map(String::as_str)
+        .chain([record.submission.id.as_str()]);
+    let moodle = names.into_iter().any(|name| {
+        let base = name.rsplit('/').next().unwrap_or(name);
+        base.contains("assignsubmission")
+            || parse_lms_name(base).is_some_and(|n| n.lms == Lms::Moodle)
+    });
+    (!moodle).then_some(id)
+}
+
+/// Whether any record names a Canvas student, so that a gradebook is worth writing.
+pub fn has_canvas_students(records: &[&ResultRecord]) -> bool {
+    records.iter().any(|r| canvas_user_id(r).is_some())
+}
+
+/// The bytes of the Canvas gradebook-import file for graded records with a Canvas user id.
+///
+/// The assignment column is named after `assignment` (the rubric's title; Canvas makes a new
+/// assignment of a column it does not know). Failed and duplicate submissions are left out, so
+/// that an import never blanks or overwrites a grade with nothing; `grades.csv` lists them.
+/// The `Points Possible` row holds the rubric's maximum.
+pub fn canvas_gradebook_csv(
+    path: &Path,
+    assignment: &str,
+    records: &[&ResultRecord],
+) -> Result<Vec<u8>, ReportError> {
+    let encode = |source| ReportError::Encode {
+        path: path.to_path_buf(),
+        source,
+    };
+    let column = if assignment.trim().is_empty() {
+        "tandem grade"
+    } else {
+        assignment.trim()
+    };
+    let graded: Vec<(&ResultRecord, &str, f64, f64)> = records
+        .iter()
+        .filter(|r| r.status == Status::Graded)
+        .filter_map(|r| {
+            let grade = r.grade.as_ref()?;
+            Some((*r, canvas_user_id(r)?, grade.score, grade.max_score))
+        })
+        .collect();
+    let points = graded.iter().map(|g| g.3).fold(0.0, f64::max);
+
+    let mut writer = Writer::from_writer(Vec::new());
+    let mut header: Vec<&str> = CANVAS_IDENTITY_COLUMNS.to_vec();
+    header.push(column);
+    writer.write_record(&header).map_err(encode)?;
+    let points = if graded.is_empty() {
+        String::new()
+    } else {
+        number(points)
+    };
+    writer
+        .write_record(["Points Possible", "", "", "", "", points.as_str()])
+        .map_err(encode)?;
+    for (record, id, score, _) in graded {
+        let name = record.submission.student.name.as_deref().unwrap_or("");
+        writer
+            .write_record([name, id, "", "", "", number(score).as_str()])
+            .map_err(encode)?;
+    }
+    finish(path, writer)
+}
+
 fn grade_row(record: Option<&ResultRecord>) -> GradeRow {
     let Some(record) = record else {
         return GradeRow {
@@ -435,7 +521,7 @@ fn iso8601(time: DateTime<FixedOffset>) -> String {
 }
 
 /// A figure rounded to three decimals, spelled as the csv crate spells the struct fields' floats.
-fn number(x: f64) -> String {
+pub(crate) fn number(x: f64) -> String {
     format!("{:?}", round3(x))
 }
 

@@ -1,24 +1,32 @@
 //! Reports: a finished batch's figures and grades, written where the instructor looks.
 //!
-//! This module writes `reports/<batch>/summary.csv`, `submissions.csv` and `grades.csv`, keeps
-//! one row per batch in `reports/batches.csv`, and renders the plain-text table shown at the end
-//! of `tandem run` and by `tandem report`. It computes nothing itself: every figure comes from a
-//! [`BatchSummary`] or from the result records, so the reports of any batch can be rebuilt from
-//! its outbox folder. Every file is replaced atomically, so a reader or a crash never sees half
-//! of one.
+//! This module writes `reports/<batch>/summary.csv`, `submissions.csv`, `grades.csv`, a
+//! gradebook to import into Canvas when the LMS names gave student ids, and `report.html`; it
+//! keeps one row per batch in `reports/batches.csv`, and renders the plain-text report shown at
+//! the end of `tandem run` and by `tandem report`. Batch figures come from a [`BatchSummary`],
+//! and the charts and recommendations from the result records, so the reports of any batch can
+//! be rebuilt from its outbox folder. Every file is replaced atomically, so a reader or a crash
+//! never sees half of one.
 
 pub mod csv;
+pub mod html;
+pub mod recommend;
+pub mod svg;
 pub mod terminal;
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::backend::Role;
+use crate::config::{Concurrency, Config, Thresholds};
 use crate::diagnostics::batch::BatchSummary;
 use crate::record::ResultRecord;
 
-pub use terminal::render_terminal_summary;
+pub use recommend::{Recommendation, recommend};
+pub use terminal::{render_terminal_report, render_terminal_summary};
 
 /// The name of the per-server and batch figures file in a batch's report folder.
 pub const SUMMARY_FILE: &str = "summary.csv";
@@ -28,6 +36,72 @@ pub const SUBMISSIONS_FILE: &str = "submissions.csv";
 pub const GRADES_FILE: &str = "grades.csv";
 /// The name of the one-row-per-batch file in the reports folder.
 pub const BATCHES_FILE: &str = "batches.csv";
+/// The name of the Canvas gradebook-import file in a batch's report folder.
+pub const GRADEBOOK_FILE: &str = "gradebook-canvas.csv";
+/// The name of the page in a batch's report folder.
+pub const HTML_FILE: &str = "report.html";
+
+/// What the reports need from the configuration besides the records.
+///
+/// [`ReportSettings::from_config`] builds it for a batch; [`Default`] gives the original
+/// system's thresholds and no backends, for reports made from records alone.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReportSettings {
+    /// The assignment's title (the rubric's): it heads the page and names the gradebook's
+    /// assignment column.
+    pub assignment: String,
+    /// The bounds of the categories.
+    pub thresholds: Thresholds,
+    /// The configured backends, for the recommendations about them.
+    pub backends: Vec<BackendSettings>,
+    /// The `max_tokens` each role's calls were sent with.
+    pub max_tokens: BTreeMap<Role, u32>,
+}
+
+/// One configured backend, as the recommendations need it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendSettings {
+    /// The backend's configured name.
+    pub name: String,
+    /// The roles it is configured for.
+    pub roles: Vec<Role>,
+    /// How many calls it may have in flight.
+    pub max_concurrency: Concurrency,
+    /// Output throughput at two requests in flight over that at one, from the newest
+    /// `tandem probe` of this backend; `None` when it was never probed at both levels.
+    pub batching_gain: Option<f64>,
+}
+
+impl ReportSettings {
+    /// The settings of a configuration, with each backend's batching gain taken from the newest
+    /// probe report in its reports folder, if there is one.
+    pub fn from_config(config: &Config) -> Self {
+        let gains = crate::probe::latest_batching_gains(&config.paths.reports);
+        ReportSettings {
+            assignment: config.rubric.title.clone(),
+            thresholds: config.thresholds,
+            backends: config
+                .backends
+                .iter()
+                .map(|b| BackendSettings {
+                    name: b.name.clone(),
+                    roles: b.roles.clone(),
+                    max_concurrency: b.max_concurrency,
+                    batching_gain: gains.get(&b.name).copied(),
+                })
+                .collect(),
+            max_tokens: Role::ALL
+                .into_iter()
+                .map(|role| (role, config.grading.max_tokens(role)))
+                .collect(),
+        }
+    }
+
+    /// The configured backend of that name.
+    pub fn backend(&self, name: &str) -> Option<&BackendSettings> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
 
 /// A report that could not be written, naming the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -76,11 +150,15 @@ pub struct ReportFiles {
     pub submissions: PathBuf,
     /// `reports/<batch>/grades.csv`.
     pub grades: PathBuf,
+    /// `reports/<batch>/gradebook-canvas.csv`, written when LMS names gave student ids.
+    pub gradebook: Option<PathBuf>,
+    /// `reports/<batch>/report.html`.
+    pub html: PathBuf,
     /// `reports/batches.csv`.
     pub batches: PathBuf,
 }
 
-/// Writes a batch's CSV reports into `dir` and its row into `batch_root/batches.csv`.
+/// Writes a batch's CSV reports and page into `dir` and its row into `batch_root/batches.csv`.
 ///
 /// `dir` is the batch's report folder (`reports/<batch>/`), created if missing; `batch_root` is
 /// the reports folder that holds `batches.csv`. Writing the same batch again replaces its files
@@ -91,6 +169,7 @@ pub fn write_batch_reports(
     batch_id: &str,
     records: &[ResultRecord],
     summary: &BatchSummary,
+    settings: &ReportSettings,
 ) -> Result<ReportFiles, ReportError> {
     for folder in [dir, batch_root] {
         fs::create_dir_all(folder).map_err(|source| ReportError::CreateDir {
@@ -98,6 +177,9 @@ pub fn write_batch_reports(
             source,
         })?;
     }
+
+    let recommendations = recommend(summary, records, settings);
+    let page = html::render_page(batch_id, records, summary, settings, &recommendations);
 
     let mut records: Vec<&ResultRecord> = records.iter().collect();
     records.sort_by(|a, b| a.submission.id.cmp(&b.submission.id));
@@ -107,6 +189,8 @@ pub fn write_batch_reports(
         summary: dir.join(SUMMARY_FILE),
         submissions: dir.join(SUBMISSIONS_FILE),
         grades: dir.join(GRADES_FILE),
+        gradebook: csv::has_canvas_students(&records).then(|| dir.join(GRADEBOOK_FILE)),
+        html: dir.join(HTML_FILE),
         batches: batch_root.join(BATCHES_FILE),
     };
     write_atomically(
@@ -118,12 +202,86 @@ pub fn write_batch_reports(
         &csv::submissions_csv(&files.submissions, &records)?,
     )?;
     write_atomically(&files.grades, &csv::grades_csv(&files.grades, &records)?)?;
+    match &files.gradebook {
+        Some(path) => write_atomically(
+            path,
+            &csv::canvas_gradebook_csv(path, &settings.assignment, &records)?,
+        )?,
+        // A rebuild from records that no longer name students must not leave an old gradebook.
+        None => remove_if_present(&dir.join(GRADEBOOK_FILE))?,
+    }
+    write_atomically(&files.html, page.as_bytes())?;
     // TODO: Two tandem processes finishing batches at the same instant can each read
     // batches.csv before the other renames its copy into place, losing one row; a lock file
     // beside it would close that window.
     let batches = csv::batches_csv(&files.batches, batch_id, summary)?;
     write_atomically(&files.batches, &batches)?;
     Ok(files)
+}
+
+/// What `tandem report --json` prints: the batch's summary, its slowest submissions, its
+/// failures, its flags and the recommendations.
+pub fn report_json(
+    batch_id: &str,
+    records: &[ResultRecord],
+    summary: &BatchSummary,
+    recommendations: &[Recommendation],
+) -> serde_json::Value {
+    use crate::record::Status;
+
+    let slowest: Vec<serde_json::Value> = terminal::slowest_submissions(records, terminal::SLOWEST)
+        .into_iter()
+        .map(|r| {
+            let calls: BTreeMap<Role, serde_json::Value> = r
+                .performance_diagnostics
+                .calls
+                .iter()
+                .map(|(role, c)| {
+                    let call = serde_json::json!({
+                        "server": c.server,
+                        "generation_time_seconds": c.generation_time_seconds,
+                        "time_to_first_token_seconds": c.time_to_first_token_seconds,
+                        "output_tokens": c.output_tokens,
+                    });
+                    (*role, call)
+                })
+                .collect();
+            serde_json::json!({
+                "id": r.submission.id,
+                "wall_time_seconds": r
+                    .performance_diagnostics
+                    .combined_metrics
+                    .as_ref()
+                    .map(|m| m.wall_time_seconds),
+                "calls": calls,
+            })
+        })
+        .collect();
+    let failures: Vec<serde_json::Value> = records
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .map(|r| {
+            serde_json::json!({
+                "id": r.submission.id,
+                "student": r.submission.student.name,
+                "kind": r.error.as_ref().map(|e| e.kind.as_str()),
+                "message": r.error.as_ref().map(|e| e.message.as_str()),
+            })
+        })
+        .collect();
+    let flags: Vec<serde_json::Value> = records
+        .iter()
+        .filter(|r| !r.flags.is_empty())
+        .map(|r| serde_json::json!({"id": r.submission.id, "flags": r.flags}))
+        .collect();
+    serde_json::json!({
+        "batch": batch_id,
+        "summary": summary,
+        "slowest_submissions": slowest,
+        "failures": failures,
+        "flags": flags,
+        "recommendations": recommendations,
+    })
 }
 
 /// Replaces `path` with `bytes` so that readers see the old file or the new one, never a mix.
@@ -163,6 +321,16 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ReportEr
         return Err(write_error(source));
     }
     sync_folder(folder).map_err(write_error)
+}
+
+fn remove_if_present(path: &Path) -> Result<(), ReportError> {
+    match fs::remove_file(path) {
+        Err(source) if source.kind() != io::ErrorKind::NotFound => Err(ReportError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(unix)]
