@@ -178,6 +178,10 @@ pub struct ChatClient {
     model: String,
     api_key: Option<String>,
     read_timeout: Duration,
+    /// The backend's `seed` setting: whether a request's seed is sent.
+    send_seed: bool,
+    /// The backend's `structured_output` setting: whether a schema is sent.
+    structured_output: bool,
 }
 
 impl std::fmt::Debug for ChatClient {
@@ -230,6 +234,8 @@ impl ChatClient {
             model: backend.model.clone(),
             api_key,
             read_timeout,
+            send_seed: backend.send_seed,
+            structured_output: backend.structured_output,
         })
     }
 
@@ -253,10 +259,10 @@ impl ChatClient {
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         });
-        if let Some(seed) = request.seed {
+        if let Some(seed) = request.seed.filter(|_| self.send_seed) {
             body["seed"] = seed.into();
         }
-        if let Some(schema) = &request.json_schema {
+        if let Some(schema) = request.json_schema.as_ref().filter(|_| self.structured_output) {
             body["response_format"] = serde_json::json!({
                 "type": "json_schema",
                 "json_schema": {"name": "reply", "strict": true, "schema": schema},
