@@ -202,10 +202,7 @@ impl Rubric {
                 if meaning.trim().is_empty() {
                     return Err(invalid(
                         at("levels"),
-                        format!(
-                            "criterion `{}`: level {value} must say what earns it",
-                            c.id
-                        ),
+                        format!("criterion `{}`: level {value} must say what earns it", c.id),
                     ));
                 }
                 if levels.iter().any(|(other, _)| *other == value) {
@@ -269,14 +266,38 @@ levels = { "2" = "reads and cleans it", "0" = "does not read it" }
     #[test]
     fn errors_name_the_criterion_and_the_key() {
         let cases = [
-            (GOOD.replace("points = 2", "points = 0"), "`criterion[0].points`"),
-            (GOOD.replace("id = \"loading\"", "id = \"load ing\""), "`criterion[0].id`"),
-            (GOOD.replace("\"2\" = ", "\"3\" = "), "level 3 is above its 2 points"),
-            (GOOD.replace("\"2\" = ", "\"two\" = "), "level `two` is not a whole number"),
-            (GOOD.replace("\"reads and cleans it\"", "\" \""), "level 2 must say"),
-            (GOOD.replace("\"0\" = ", "\"02\" = "), "level 2 is given twice"),
-            (GOOD.replace("description = \"Reads the CSV.\"", "description = \"\""), "`criterion[0].description`"),
-            (GOOD.replace("task = \"Analyse sales.\"", "task = \" \""), "`task`"),
+            (
+                GOOD.replace("points = 2", "points = 0"),
+                "`criterion[0].points`",
+            ),
+            (
+                GOOD.replace("id = \"loading\"", "id = \"load ing\""),
+                "`criterion[0].id`",
+            ),
+            (
+                GOOD.replace("\"2\" = ", "\"3\" = "),
+                "level 3 is above its 2 points",
+            ),
+            (
+                GOOD.replace("\"2\" = ", "\"two\" = "),
+                "level `two` is not a whole number",
+            ),
+            (
+                GOOD.replace("\"reads and cleans it\"", "\" \""),
+                "level 2 must say",
+            ),
+            (
+                GOOD.replace("\"0\" = ", "\"02\" = "),
+                "level 2 is given twice",
+            ),
+            (
+                GOOD.replace("description = \"Reads the CSV.\"", "description = \"\""),
+                "`criterion[0].description`",
+            ),
+            (
+                GOOD.replace("task = \"Analyse sales.\"", "task = \" \""),
+                "`task`",
+            ),
         ];
         for (text, expected) in cases {
             let message = error(&text);

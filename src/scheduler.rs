@@ -348,7 +348,10 @@ impl Scheduler {
 
 fn admit(shared: &Shared, submission: Arc<Submission>, permit: OwnedSemaphorePermit) {
     // In chain mode only the code analysis starts now; `complete` queues the feedback call.
-    let jobs: Vec<Job> = shared.plan.first_roles().iter()
+    let jobs: Vec<Job> = shared
+        .plan
+        .first_roles()
+        .iter()
         .map(|&role| fresh_job(&submission, role, shared.plan.request(role, &submission)))
         .collect();
     let mut q = shared.queues.lock().unwrap();
@@ -621,7 +624,7 @@ fn complete(shared: &Shared, submission: Arc<Submission>, result: RoleResult) {
     pending.remaining -= 1;
     match follow_up {
         Some(grading::FollowUp::Skip(skipped)) => {
-            pending.results.push(skipped);
+            pending.results.push(*skipped);
             pending.remaining -= 1;
         }
         Some(grading::FollowUp::Call { role, request }) => {

@@ -7,11 +7,11 @@ mod harness;
 
 use std::time::Instant;
 
-use harness::{Extra, Workspace, code_reply, fast, feedback_reply};
+use harness::{Extra, Workspace, code_reply, feedback_reply};
 use regex::Regex;
 use serde_json::Value;
 use tandem::backend::Role;
-use tandem::fake_server::{FakeServer, RequestLog, Reply};
+use tandem::fake_server::{FakeServer, Reply, RequestLog};
 use tandem::record::Status;
 
 const SUBMISSIONS: usize = 6;
@@ -91,11 +91,17 @@ async fn in_chain_mode_the_feedback_sees_the_grade_and_agrees_with_it() {
     assert_eq!(records.len(), SUBMISSIONS + 1);
 
     let feedback_logs = feedback.stats().requests_log;
-    assert_eq!(feedback_logs.len(), SUBMISSIONS, "no feedback call for a failed analysis");
+    assert_eq!(
+        feedback_logs.len(),
+        SUBMISSIONS,
+        "no feedback call for a failed analysis"
+    );
     for log in &feedback_logs {
         let prompt = harness::prompt(&log.body);
         assert!(prompt.contains("These scores are final"), "{prompt}");
-        assert!(prompt.contains("- data_loading \"Loads and cleans the data\": 1 of 2. Evidence: data_loading seen"));
+        assert!(prompt.contains(
+            "- data_loading \"Loads and cleans the data\": 1 of 2. Evidence: data_loading seen"
+        ));
         assert!(prompt.contains("Total: 6 of 10."));
         // The findings come after the submission, outside its fence.
         let fence_end = prompt.rfind("\n<<<END SUBMISSION").unwrap();
@@ -108,7 +114,12 @@ async fn in_chain_mode_the_feedback_sees_the_grade_and_agrees_with_it() {
             let error = record.error.as_ref().unwrap();
             assert_eq!(error.kind, "invalid_grade");
             assert!(!error.message.contains("not asked"), "{}", error.message);
-            assert!(!record.performance_diagnostics.calls.contains_key(&Role::Feedback));
+            assert!(
+                !record
+                    .performance_diagnostics
+                    .calls
+                    .contains_key(&Role::Feedback)
+            );
             continue;
         }
         assert_eq!(record.status, Status::Graded, "{:?}", record.error);
@@ -131,7 +142,10 @@ async fn in_chain_mode_the_feedback_sees_the_grade_and_agrees_with_it() {
             .filter(|c| which(c) != which(fb))
             .any(|c| span(c).0 < b && a < span(c).1)
     });
-    assert!(overlapping, "the feedback calls never ran alongside a code analysis");
+    assert!(
+        overlapping,
+        "the feedback calls never ran alongside a code analysis"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +162,11 @@ async fn without_chain_mode_the_feedback_sees_no_scores_and_may_disagree() {
     }
     for record in records.iter().filter(|r| r.status == Status::Graded) {
         // 0 proposed against 6 computed, of 10: more than the default share of 0.3.
-        assert!(record.flags.contains(&"scores_disagree".into()), "{:?}", record.flags);
+        assert!(
+            record.flags.contains(&"scores_disagree".into()),
+            "{:?}",
+            record.flags
+        );
         assert!(!record.grading.as_ref().unwrap().feedback_sees_code_analysis);
     }
 }

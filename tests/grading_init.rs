@@ -20,7 +20,12 @@ fn init_writes_a_configuration_and_rubric_that_load() {
     }
     let config = Config::load(&dir.path().join("tandem.toml")).unwrap();
     assert_eq!(config.backends.len(), 2);
-    assert!(config.backends.iter().all(|b| b.send_seed && b.structured_output));
+    assert!(
+        config
+            .backends
+            .iter()
+            .all(|b| b.send_seed && b.structured_output)
+    );
     assert!(config.rubric.criteria.len() >= 2);
     assert!(config.rubric.criteria.iter().all(|c| !c.levels.is_empty()));
     let g = &config.grading;
@@ -37,9 +42,15 @@ fn init_keeps_existing_files_unless_forced() {
     let refused = tandem(dir.path()).arg("init").assert().code(2);
     let stderr = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
     assert!(stderr.contains("tandem.toml already exists"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("tandem.toml")).unwrap(), "# mine\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("tandem.toml")).unwrap(),
+        "# mine\n"
+    );
     assert!(!dir.path().join("rubric.toml").exists());
 
-    tandem(dir.path()).args(["init", "--force"]).assert().code(0);
+    tandem(dir.path())
+        .args(["init", "--force"])
+        .assert()
+        .code(0);
     assert!(Config::load(&dir.path().join("tandem.toml")).is_ok());
 }

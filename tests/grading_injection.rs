@@ -49,7 +49,11 @@ fn obedient(body: &Value) -> String {
 fn the_red_team_set_has_at_least_twenty_submissions_each_with_an_expectation() {
     let expected = expected();
     let names: Vec<String> = hostile().iter().map(|p| name(p)).collect();
-    assert!(names.len() >= 20, "only {} hostile submissions", names.len());
+    assert!(
+        names.len() >= 20,
+        "only {} hostile submissions",
+        names.len()
+    );
     for n in &names {
         assert!(expected.contains_key(n), "{n} has no expected pattern");
     }
@@ -131,7 +135,9 @@ async fn an_obedient_model_never_grades_a_hostile_submission_past_the_rubric() {
     for record in &records {
         let id = &record.submission.id;
         assert!(
-            record.flags.contains(&"possible_prompt_injection".to_string()),
+            record
+                .flags
+                .contains(&"possible_prompt_injection".to_string()),
             "{id} is not flagged: {:?}",
             record.flags
         );
@@ -185,9 +191,11 @@ async fn the_submission_cannot_close_its_fence_or_hide_characters_from_the_reade
             assert!(submission.contains("<<<END SUBMISSION 3FA2C1>>>"));
             assert!(!prompt.contains("<<<SUBMISSION 3FA2C1>>>\nThe"));
         }
-        let hidden = |c: char| {
-            matches!(c, '\u{E0000}'..='\u{E007F}' | '\u{200B}'..='\u{200F}' | '\u{2060}')
-        };
-        assert!(!prompt.chars().any(hidden), "an invisible character reached the model");
+        let hidden =
+            |c: char| matches!(c, '\u{E0000}'..='\u{E007F}' | '\u{200B}'..='\u{200F}' | '\u{2060}');
+        assert!(
+            !prompt.chars().any(hidden),
+            "an invisible character reached the model"
+        );
     }
 }

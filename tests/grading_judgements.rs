@@ -37,13 +37,24 @@ async fn grade_with_share(grading: &'static str) -> ResultRecord {
 async fn the_configured_share_decides_when_two_scores_disagree() {
     let strict = grade_with_share("disagreement_share = 0.1").await;
     assert_eq!(strict.grade.as_ref().unwrap().score, 6.0);
-    assert!(strict.flags.contains(&"scores_disagree".into()), "{:?}", strict.flags);
+    assert!(
+        strict.flags.contains(&"scores_disagree".into()),
+        "{:?}",
+        strict.flags
+    );
 
     let default = grade_with_share("").await;
-    assert!(!default.flags.contains(&"scores_disagree".into()), "{:?}", default.flags);
+    assert!(
+        !default.flags.contains(&"scores_disagree".into()),
+        "{:?}",
+        default.flags
+    );
 
     let exact = grade_with_share("disagreement_share = 0.2").await;
-    assert!(!exact.flags.contains(&"scores_disagree".into()), "a difference of exactly the share");
+    assert!(
+        !exact.flags.contains(&"scores_disagree".into()),
+        "a difference of exactly the share"
+    );
 }
 
 #[test]
@@ -66,5 +77,8 @@ model = "m"
 disagreement_share = 1.5
 "#;
     let error = Config::from_toml(&dir.path().join("tandem.toml"), text).unwrap_err();
-    assert!(error.to_string().contains("`grading.disagreement_share`"), "{error}");
+    assert!(
+        error.to_string().contains("`grading.disagreement_share`"),
+        "{error}"
+    );
 }

@@ -45,15 +45,31 @@ fn key(config: &str, rubric: &str) -> String {
 fn the_key_changes_with_everything_that_shapes_a_grade() {
     let base = key(BASE, &rubric());
     let changed = [
-        ("rubric points", BASE.to_string(), rubric().replacen("points = 3", "points = 4", 1)),
+        (
+            "rubric points",
+            BASE.to_string(),
+            rubric().replacen("points = 3", "points = 4", 1),
+        ),
         (
             "rubric wording",
             BASE.to_string(),
             rubric().replace("One clear chart", "One chart"),
         ),
-        ("code model", BASE.replace("\"coder\"", "\"coder-2\""), rubric()),
-        ("feedback model", BASE.replace("\"writer\"", "\"writer-2\""), rubric()),
-        ("temperature", format!("{BASE}[grading]\ntemperature = 0.2\n"), rubric()),
+        (
+            "code model",
+            BASE.replace("\"coder\"", "\"coder-2\""),
+            rubric(),
+        ),
+        (
+            "feedback model",
+            BASE.replace("\"writer\"", "\"writer-2\""),
+            rubric(),
+        ),
+        (
+            "temperature",
+            format!("{BASE}[grading]\ntemperature = 0.2\n"),
+            rubric(),
+        ),
         ("seed", format!("{BASE}[grading]\nseed = 7\n"), rubric()),
         (
             "a backend's seed",
@@ -62,18 +78,40 @@ fn the_key_changes_with_everything_that_shapes_a_grade() {
         ),
         (
             "a backend's schema",
-            BASE.replace("max_concurrency = 2", "max_concurrency = 2\nstructured_output = false"),
+            BASE.replace(
+                "max_concurrency = 2",
+                "max_concurrency = 2\nstructured_output = false",
+            ),
             rubric(),
         ),
-        ("max tokens", format!("{BASE}[grading]\nfeedback_max_tokens = 500\n"), rubric()),
-        ("text limit", format!("{BASE}[grading]\nmax_submission_chars = 5000\n"), rubric()),
-        ("share", format!("{BASE}[grading]\ndisagreement_share = 0.5\n"), rubric()),
-        ("chain mode", format!("{BASE}[feedback]\nsees_code_analysis = true\n"), rubric()),
+        (
+            "max tokens",
+            format!("{BASE}[grading]\nfeedback_max_tokens = 500\n"),
+            rubric(),
+        ),
+        (
+            "text limit",
+            format!("{BASE}[grading]\nmax_submission_chars = 5000\n"),
+            rubric(),
+        ),
+        (
+            "share",
+            format!("{BASE}[grading]\ndisagreement_share = 0.5\n"),
+            rubric(),
+        ),
+        (
+            "chain mode",
+            format!("{BASE}[feedback]\nsees_code_analysis = true\n"),
+            rubric(),
+        ),
     ];
     let mut seen = vec![base.clone()];
     for (what, config, rubric) in changed {
         let k = key(&config, &rubric);
-        assert!(!seen.contains(&k), "changing the {what} did not change the key");
+        assert!(
+            !seen.contains(&k),
+            "changing the {what} did not change the key"
+        );
         seen.push(k);
     }
 }

@@ -59,10 +59,8 @@ fn named_submissions(workspace: &Workspace) {
     );
     workspace.write(
         "report_final.Rmd",
-        &format!(
-            "---\ntitle: \"Sales\"\nauthor: \"Li Wei\"\n---\n\nStudent number: s7654321\n\n\
-             ```{{r}}\nsales <- read.csv('sales.csv')\n```\n\nWritten by Li Wei for BUS 340.\n"
-        ),
+        "---\ntitle: \"Sales\"\nauthor: \"Li Wei\"\n---\n\nStudent number: s7654321\n\n\
+         ```{r}\nsales <- read.csv('sales.csv')\n```\n\nWritten by Li Wei for BUS 340.\n",
     );
     workspace.write(
         "nguyenthu_555111_888222_nb.ipynb",
@@ -156,7 +154,10 @@ async fn no_request_sent_to_any_server_names_a_student_or_carries_their_id() {
         .iter()
         .find(|r| r.submission.student.name.as_deref() == Some("Omar Haddad"))
         .unwrap();
-    assert_ne!(omar.grading.as_ref().unwrap().student_pseudonym, Some(pseudonym));
+    assert_ne!(
+        omar.grading.as_ref().unwrap().student_pseudonym,
+        Some(pseudonym)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +175,10 @@ async fn a_student_keeps_the_same_pseudonym_from_batch_to_batch() {
 
     workspace.write("smithjane_123456_7654321_hw.py", ANALYSIS);
     let first = pseudonym_of(&workspace.run().await);
-    workspace.write("smithjane_123456_7654399_hw-1.py", &format!("{ANALYSIS}# again\n"));
+    workspace.write(
+        "smithjane_123456_7654399_hw-1.py",
+        &format!("{ANALYSIS}# again\n"),
+    );
     let second = pseudonym_of(&workspace.run().await);
     workspace.write("brennanciara_104289_5532355_hw.py", ANALYSIS);
     let other = pseudonym_of(&workspace.run().await);

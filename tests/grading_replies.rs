@@ -120,7 +120,11 @@ async fn every_reply_ends_as_a_valid_grade_or_a_failure_that_says_why() {
     assert_eq!(records.len(), expectations.len());
 
     for record in &records {
-        let case = record.submission.id.trim_start_matches("case_").trim_end_matches(".py");
+        let case = record
+            .submission
+            .id
+            .trim_start_matches("case_")
+            .trim_end_matches(".py");
         let want = expectations[case];
         match record.status {
             Status::Graded => {
@@ -137,7 +141,11 @@ async fn every_reply_ends_as_a_valid_grade_or_a_failure_that_says_why() {
             Status::Failed => {
                 let error = record.error.as_ref().unwrap();
                 assert_eq!(want, error.kind, "{case}: {}", error.message);
-                assert!(error.message.starts_with("code_analysis: "), "{}", error.message);
+                assert!(
+                    error.message.starts_with("code_analysis: "),
+                    "{}",
+                    error.message
+                );
                 assert!(record.grade.is_none() && record.feedback.is_none());
             }
             Status::Duplicate => panic!("{case}: duplicate"),
@@ -152,14 +160,25 @@ async fn every_reply_ends_as_a_valid_grade_or_a_failure_that_says_why() {
             .find(|r| r.submission.id == format!("case_{name}.py"))
             .unwrap()
     };
-    assert!(by_case("prose").flags.contains(&"reply_wrapped_in_prose".into()));
-    assert!(by_case("fenced").flags.is_empty(), "{:?}", by_case("fenced").flags);
+    assert!(
+        by_case("prose")
+            .flags
+            .contains(&"reply_wrapped_in_prose".into())
+    );
+    assert!(
+        by_case("fenced").flags.is_empty(),
+        "{:?}",
+        by_case("fenced").flags
+    );
     let cut = by_case("truncated").error.clone().unwrap().message;
     assert!(cut.contains("cut off"), "{cut}");
     let spent = by_case("reasoning_budget").error.clone().unwrap().message;
     assert!(spent.contains("spent it on reasoning"), "{spent}");
     let range = by_case("out_of_range").error.clone().unwrap().message;
-    assert!(range.contains("outside 0..") && range.contains("after 2 requests"), "{range}");
+    assert!(
+        range.contains("outside 0..") && range.contains("after 2 requests"),
+        "{range}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +209,11 @@ async fn reasoning_tokens_are_counted_though_never_graded() {
         let call = &record.performance_diagnostics.calls[&tandem::backend::Role::Feedback];
         let marker = format!(
             "case: {}\n",
-            record.submission.id.trim_start_matches("case_").trim_end_matches(".py")
+            record
+                .submission
+                .id
+                .trim_start_matches("case_")
+                .trim_end_matches(".py")
         );
         let log = logs
             .iter()

@@ -15,7 +15,10 @@ use tandem::record::Status;
 async fn seeds_are_sent_where_configured_and_recorded() {
     let code = fast(Reply::Schema).dialect(Dialect::Mlx).start().await;
     let feedback = fast(Reply::func(|_| {
-        format!("Sure! Here is the feedback:\n{}\nGood luck.", feedback_reply(9))
+        format!(
+            "Sure! Here is the feedback:\n{}\nGood luck.",
+            feedback_reply(9)
+        )
     }))
     .start()
     .await;
@@ -30,7 +33,10 @@ async fn seeds_are_sent_where_configured_and_recorded() {
 
     for body in code.stats().bodies() {
         assert_eq!(body["temperature"], 0.0);
-        assert!(body.get("seed").is_none(), "a seed went to a `seed = false` backend");
+        assert!(
+            body.get("seed").is_none(),
+            "a seed went to a `seed = false` backend"
+        );
         assert!(body["response_format"]["json_schema"]["schema"].is_object());
     }
     for body in feedback.stats().bodies() {
@@ -48,6 +54,9 @@ async fn seeds_are_sent_where_configured_and_recorded() {
     assert_eq!(used.seeds[&Role::CodeAnalysis], None);
     assert_eq!(used.seeds[&Role::Feedback], Some(42));
     let json = serde_json::to_value(record).unwrap();
-    assert_eq!(json["grading"]["seeds"]["code_analysis"], serde_json::Value::Null);
+    assert_eq!(
+        json["grading"]["seeds"]["code_analysis"],
+        serde_json::Value::Null
+    );
     assert_eq!(json["grading"]["seeds"]["feedback"], 42);
 }

@@ -262,7 +262,11 @@ impl ChatClient {
         if let Some(seed) = request.seed.filter(|_| self.send_seed) {
             body["seed"] = seed.into();
         }
-        if let Some(schema) = request.json_schema.as_ref().filter(|_| self.structured_output) {
+        if let Some(schema) = request
+            .json_schema
+            .as_ref()
+            .filter(|_| self.structured_output)
+        {
             body["response_format"] = serde_json::json!({
                 "type": "json_schema",
                 "json_schema": {"name": "reply", "strict": true, "schema": schema},

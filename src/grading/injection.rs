@@ -118,7 +118,10 @@ pub fn scan(text: &str) -> Vec<InjectionMatch> {
         let shown = if tags.trim().is_empty() {
             format!("{invisible} invisible characters")
         } else {
-            format!("{invisible} invisible characters spelling: {}", one_line(&tags))
+            format!(
+                "{invisible} invisible characters spelling: {}",
+                one_line(&tags)
+            )
         };
         found.push("invisible_text", "invisible", truncate(&shown));
         for (pattern, _, _) in scan_plain(&tags) {
@@ -220,6 +223,9 @@ impl Found {
         self.matches
     }
 }
+
+/// Characters with the byte of the original each came from.
+type Letters = Vec<(char, usize)>;
 
 /// Text rewritten for matching, each byte remembering the byte of the original it came from.
 struct Folded {
@@ -331,7 +337,7 @@ impl Folded {
         }
 
         // Each word, whether a sentence ends after it, and how many single letters made it.
-        let mut words: Vec<(Vec<(char, usize)>, bool, usize)> = Vec::new();
+        let mut words: Vec<(Letters, bool, usize)> = Vec::new();
         let mut letters_run = false;
         for (chunk, narrow_gap) in chunks {
             let leet = chunk.iter().any(|(c, _)| c.is_alphabetic());
@@ -604,7 +610,12 @@ static PHRASES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
 /// Patterns on the folded text that words would break apart: scripts without spaces between
 /// words, numbers with slashes, percent signs and special tokens.
 static LITERALS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
-    let r = |name, pattern: &str| (name, Regex::new(pattern).expect("literal patterns are valid"));
+    let r = |name, pattern: &str| {
+        (
+            name,
+            Regex::new(pattern).expect("literal patterns are valid"),
+        )
+    };
     vec![
         r(
             "ignore_instructions",
@@ -651,9 +662,8 @@ static NUMBER_DEMAND: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Runs of base64 long enough to hide a sentence.
-static BASE64_RUN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[A-Za-z0-9+/]{24,}={0,2}").expect("the base64 pattern is valid")
-});
+static BASE64_RUN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[A-Za-z0-9+/]{24,}={0,2}").expect("the base64 pattern is valid"));
 
 /// HTML comments, and elements styled or marked so that a reader does not see them.
 static HTML_COMMENT: LazyLock<Regex> =

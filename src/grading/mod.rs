@@ -67,7 +67,7 @@ pub enum FollowUp {
     /// Make this call next.
     Call { role: Role, request: ChatRequest },
     /// Do not make the role's call; count this result for it instead.
-    Skip(RoleResult),
+    Skip(Box<RoleResult>),
 }
 
 impl GradingPlan {
@@ -155,7 +155,7 @@ impl GradingPlan {
                     analysis,
                 ),
             },
-            _ => FollowUp::Skip(RoleResult {
+            _ => FollowUp::Skip(Box::new(RoleResult {
                 role: Role::Feedback,
                 call: None,
                 output: Err(RoleFailure {
@@ -163,7 +163,7 @@ impl GradingPlan {
                     kind: SKIPPED.into(),
                     message: "not asked, since the code analysis it builds on failed".into(),
                 }),
-            }),
+            })),
         })
     }
 

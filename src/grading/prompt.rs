@@ -140,7 +140,10 @@ fn findings_text(grade: &Grade, analysis: &CodeAnalysis) -> String {
         format_points(grade.max_score)
     ));
     if !analysis.summary.is_empty() {
-        text.push_str(&format!(" The grader's summary: {}", clean(&analysis.summary)));
+        text.push_str(&format!(
+            " The grader's summary: {}",
+            clean(&analysis.summary)
+        ));
     }
     text.push('\n');
     text

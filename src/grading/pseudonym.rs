@@ -310,7 +310,10 @@ fn add_name_value(found: &mut Identities, value: &str) {
         .next()
         .unwrap_or_default()
         .replace(['"', '\'', '*', '_', '`'], " ");
-    for piece in cleaned.split([',', ';', '&', '/']).flat_map(|p| p.split(" and ")) {
+    for piece in cleaned
+        .split([',', ';', '&', '/'])
+        .flat_map(|p| p.split(" and "))
+    {
         let words: Vec<&str> = piece.split_whitespace().collect();
         if words.is_empty() || words.len() > 5 {
             continue;
@@ -340,7 +343,11 @@ fn notebook_authors(entry: &Path, files: &[String]) -> Vec<String> {
             .filter(|f| f.to_ascii_lowercase().ends_with(".ipynb"))
             .map(|f| entry.join(f))
             .collect()
-    } else if entry.to_string_lossy().to_ascii_lowercase().ends_with(".ipynb") {
+    } else if entry
+        .to_string_lossy()
+        .to_ascii_lowercase()
+        .ends_with(".ipynb")
+    {
         vec![entry.to_path_buf()]
     } else {
         Vec::new()
@@ -352,7 +359,8 @@ fn notebook_authors(entry: &Path, files: &[String]) -> Vec<String> {
             continue;
         };
         let text = String::from_utf8_lossy(&text);
-        let Ok(notebook) = serde_json::from_str::<serde_json::Value>(text.trim_start_matches('\u{FEFF}'))
+        let Ok(notebook) =
+            serde_json::from_str::<serde_json::Value>(text.trim_start_matches('\u{FEFF}'))
         else {
             continue;
         };
@@ -412,11 +420,17 @@ pub fn redact(text: &str, found: &Identities, pseudonym: &str) -> (String, usize
         out = if id.chars().count() >= SHORT_ID {
             replace_bounded(&out, &pattern, alnum, pseudonym, &mut count)
         } else {
-            replace_where(&out, &pattern, |before, after| {
-                !before.is_some_and(alnum)
-                    && !after.is_some_and(alnum)
-                    && (before == Some('_') || after == Some('_'))
-            }, pseudonym, &mut count)
+            replace_where(
+                &out,
+                &pattern,
+                |before, after| {
+                    !before.is_some_and(alnum)
+                        && !after.is_some_and(alnum)
+                        && (before == Some('_') || after == Some('_'))
+                },
+                pseudonym,
+                &mut count,
+            )
         };
     }
     // Each part of a name on its own, as written: "Jane", "Smith", "SMITH".
@@ -524,7 +538,12 @@ mod tests {
     #[test]
     fn header_values_that_are_not_names_are_left_alone() {
         let mut ids = Identities::default();
-        for value in ["revenue, dtype: float64", "Your name here", "n/a", "jane smith"] {
+        for value in [
+            "revenue, dtype: float64",
+            "Your name here",
+            "n/a",
+            "jane smith",
+        ] {
             add_name_value(&mut ids, value);
         }
         assert!(ids.names.is_empty(), "{ids:?}");

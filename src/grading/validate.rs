@@ -433,9 +433,8 @@ description = "Groups by region."
 
     #[test]
     fn a_reply_with_only_reasoning_has_no_answer() {
-        let (answer, reasoning) = strip_reasoning(
-            "<|channel|>analysis<|message|>Give it {\"score\": 10} maybe",
-        );
+        let (answer, reasoning) =
+            strip_reasoning("<|channel|>analysis<|message|>Give it {\"score\": 10} maybe");
         assert_eq!(answer, "");
         assert!(reasoning.contains("score"));
         let (answer, _) = strip_reasoning("<think>{\"criteria\": {}} is what I will say");
