@@ -66,6 +66,7 @@ fn feedback(body: &Value) -> String {
              <|message|>{reply}"
         ),
         "prose" => format!("Feedback below.\n```\n{reply}\n```"),
+        "template" => reply.replace("Clear work with one gap.", "<two sentences to the student>"),
         _ => reply,
     }
 }
@@ -88,6 +89,7 @@ fn expectations() -> BTreeMap<&'static str, &'static str> {
         ("truncated_once", "graded"),
         ("reasoning_budget", "truncated"),
         ("no_json", "invalid_json"),
+        ("template", "graded"),
     ])
 }
 
@@ -169,6 +171,16 @@ async fn every_reply_ends_as_a_valid_grade_or_a_failure_that_says_why() {
         by_case("fenced").flags.is_empty(),
         "{:?}",
         by_case("fenced").flags
+    );
+    assert!(
+        by_case("template")
+            .flags
+            .contains(&"reply_copies_template".into())
+    );
+    assert!(
+        !by_case("valid")
+            .flags
+            .contains(&"reply_copies_template".into())
     );
     let cut = by_case("truncated").error.clone().unwrap().message;
     assert!(cut.contains("cut off"), "{cut}");

@@ -38,12 +38,16 @@ pub use validate::{Extraction, ReplyError};
 pub const INJECTION_FLAG: &str = "possible_prompt_injection";
 /// The flag on a record whose two models' scores differ by more than the configured share.
 pub const DISAGREEMENT_FLAG: &str = "scores_disagree";
+/// The flag on a record whose reply copied a placeholder of the reply format (`<a strength>`)
+/// instead of writing it, as small models do.
+pub const TEMPLATE_FLAG: &str = "reply_copies_template";
 /// The failure kind of a feedback call not made because the code analysis it needed failed.
 pub const SKIPPED: &str = "skipped";
 
 /// What every submission of a batch is graded with.
 #[derive(Debug, Clone)]
 pub struct GradingPlan {
+    /// The configuration the batch runs under.
     pub config: Arc<Config>,
     /// Hash of everything that shapes a grade: rubric, prompts, models and settings.
     pub grading_key: String,
@@ -56,6 +60,7 @@ pub struct GradingPlan {
 pub struct Prepared {
     /// Pseudonymised, with characters that hide text from a reader removed.
     pub text: String,
+    /// The opaque id that stands for the student in the text.
     pub pseudonym: String,
     /// Places where the student was named and was replaced.
     pub identities_replaced: usize,
@@ -307,8 +312,8 @@ pub struct RoleResult {
 
 /// Joins a submission's role results into its record: the grade from the code analysis, the
 /// feedback, the failures if any, and the flags for human review (`possible_prompt_injection`
-/// with what the scan found, `scores_disagree`, `reply_wrapped_in_prose`). Flags are set on
-/// failed records too.
+/// with what the scan found, `scores_disagree`, `reply_wrapped_in_prose`,
+/// `reply_copies_template`). Flags are set on failed records too.
 pub fn assemble(
     plan: &GradingPlan,
     batch: &str,
@@ -358,6 +363,19 @@ pub fn assemble(
             }
             Err(failure) => failures.push(failure),
         }
+    }
+    let copied = |text: &str| {
+        let text = text.trim();
+        text.len() > 2 && text.starts_with('<') && text.ends_with('>') && !text.contains('\n')
+    };
+    let template_feedback = feedback.as_ref().is_some_and(|f: &Feedback| {
+        copied(&f.summary) || f.strengths.iter().chain(&f.improvements).any(|s| copied(s))
+    });
+    let template_evidence = grade
+        .as_ref()
+        .is_some_and(|g| g.criteria.iter().any(|c| copied(&c.evidence)));
+    if template_feedback || template_evidence {
+        flags.push(TEMPLATE_FLAG.into());
     }
     if let (Some(g), Some(o)) = (&grade, overall)
         && (g.score - o).abs() > plan.config.grading.disagreement_share * g.max_score

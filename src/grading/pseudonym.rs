@@ -60,6 +60,7 @@ impl std::fmt::Debug for Pseudonymiser {
 /// A submission's text as models see it, and who it stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pseudonymised {
+    /// The submission's text with every identity replaced.
     pub text: String,
     /// The opaque id that replaced the student's names and ids.
     pub pseudonym: String,
