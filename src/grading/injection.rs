@@ -505,8 +505,8 @@ these|those|system|todas|todos|anteriores|previas|tus|sus|toutes|tous|precedente
 tes|alle|vorherigen|bisherigen|obigen|deine|ihre|tutte|precedenti|le tue|todas as|anteriores)";
 const RULE_NOUNS: &str = "(?:instructions?|prompts?|rules|directions|guidelines|orders|commands|\
 rubric|grading criteria|system prompt|instrucciones|instruccion|indicaciones|reglas|rubrica|\
-consignes|regles|bareme|anweisungen|anweisung|instruktionen|regeln|vorgaben|befehle|bewertungsschema|\
-istruzioni|regole|instrucoes|regras|instructies|regels)";
+consignes|regles|bareme|anweisungen|anweisung|instruktionen|regeln|vorgaben|befehle|\
+bewertungsschema|istruzioni|regole|instrucoes|regras|instructies|regels)";
 const GIVE_VERBS: &str = "(?:give|giving|award|awarding|assign|grant|deserves?|deserving|merits?|\
 worthy of|should get|should receive|should be given|should be awarded|must get|must receive|\
 must be given|must be awarded|dale|dar|dame|ponle|asigna|asignale|otorga|otorgale|merece|\
@@ -568,17 +568,17 @@ static PHRASES: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
              (?:grader|teacher|professor|examiner|ta|teaching assistant|evaluator|marker|system|\
              admin|administrator|developer|dan)|developer mode|jailbreak|your new (?:role|task|\
              instructions)|tu es maintenant|vous etes maintenant|a partir de maintenant tu|\
-             ahora eres|eres ahora|a partir de ahora eres|du bist jetzt|ab jetzt bist du|von nun an \
-             bist du|ora sei|adesso sei|agora voce e"
+             ahora eres|eres ahora|a partir de ahora eres|du bist jetzt|ab jetzt bist du|\
+             von nun an bist du|ora sei|adesso sei|agora voce e"
                 .to_string(),
         ),
         p(
             "addresses_grader",
             "(?:note|message|instructions?|hint|reminder|request|plea|memo) (?:to|for) (?:the |any \
              |an? )?(?:ai|llm|gpt|chatgpt|language model|grading (?:ai|model|system|bot|\
-             assistant)|ai grader|autograder|auto grader|automatic grader|bot)|(?:dear|hey|hi|hello|\
-             attention|attn) (?:ai|llm|gpt|chatgpt|claude|gemini|llama|qwen|autograder|grading \
-             (?:ai|model|assistant))|if you are (?:an? )?(?:ai|llm|language model|gpt|chatgpt|\
+             assistant)|ai grader|autograder|auto grader|automatic grader|bot)|\
+             (?:dear|hey|hi|hello|attention|attn) (?:ai|llm|gpt|chatgpt|claude|gemini|llama|qwen|\
+             autograder|grading (?:ai|model|assistant))|if you are (?:an? )?(?:ai|llm|language model|gpt|chatgpt|\
              large language model|automated|automatic|ai model|grading model|model reading)|\
              (?:as|to) (?:the|an|a) (?:ai|llm) (?:grader|grading|evaluating|reading|assessing)|\
              si eres (?:una? )?(?:ia|inteligencia artificial|modelo)|si tu es (?:une? )?(?:ia|\
@@ -619,7 +619,11 @@ static LITERALS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
     vec![
         r(
             "ignore_instructions",
-            r"(?:忽略|无视|無視|忽视|忽視|不要理会|不要理會|别理|別理)[^\n]{0,12}?(?:指令|指示|说明|說明|规则|規則|提示|要求|评分标准|評分標準)|(?:指令|指示|命令|ルール)[^\n]{0,6}?(?:無視|无视|忽略)",
+            concat!(
+                r"(?:忽略|无视|無視|忽视|忽視|不要理会|不要理會|别理|別理)[^\n]{0,12}?",
+                r"(?:指令|指示|说明|說明|规则|規則|提示|要求|评分标准|評分標準)|",
+                r"(?:指令|指示|命令|ルール)[^\n]{0,6}?(?:無視|无视|忽略)",
+            ),
         ),
         r(
             "score_demand",
@@ -635,15 +639,29 @@ static LITERALS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
         ),
         r(
             "fake_marker",
-            r"<\|(?:im_start|im_end|system|user|assistant|start|end|channel|message|endoftext|eot_id|begin_of_text|start_header_id|end_header_id|constrain|return)\|>|\[/?inst\]|<</?sys>>|<<<\s*(?:end\s*)?(?:of\s*)?submission|</?(?:submission|rubric|student_work|student_submission|grader|instructions|system)>|submission [0-9a-f]{6,}>>>",
+            concat!(
+                r"<\|(?:im_start|im_end|system|user|assistant|start|end|channel|message|",
+                r"endoftext|eot_id|begin_of_text|start_header_id|end_header_id|constrain|",
+                r"return)\|>|\[/?inst\]|<</?sys>>|<<<\s*(?:end\s*)?(?:of\s*)?submission|",
+                r"</?(?:submission|rubric|student_work|student_submission|grader|",
+                r"instructions|system)>|submission [0-9a-f]{6,}>>>",
+            ),
         ),
         r(
             "fake_result",
-            r#""overall_score"\s*:|"criteria"\s*:\s*[\{\[]|"(?:score|points)"\s*:\s*\d+\s*,\s*"(?:evidence|justification|reason|feedback|rationale)"|"(?:evidence|justification|rationale)"\s*:\s*"[^"]*"\s*,\s*"(?:score|points)"\s*:"#,
+            concat!(
+                r#""overall_score"\s*:|"criteria"\s*:\s*[\{\[]|"(?:score|"#,
+                r#"points)"\s*:\s*\d+\s*,\s*"(?:evidence|justification|reason|feedback|"#,
+                r#"rationale)"|"(?:evidence|justification|"#,
+                r#"rationale)"\s*:\s*"[^"]*"\s*,\s*"(?:score|points)"\s*:"#,
+            ),
         ),
         r(
             "score_demand",
-            r"(?m)^[\s#/*>\-]*(?:grade|score|mark|note|nota|punktzahl)\s*[:=]\s*(?:a\+|100\s*%|100\s*/\s*100|10\s*/\s*10|20\s*/\s*20)",
+            concat!(
+                r"(?m)^[\s#/*>\-]*(?:grade|score|mark|note|nota|punktzahl)\s*[:=]\s*(?:a\+|",
+                r"100\s*%|100\s*/\s*100|10\s*/\s*10|20\s*/\s*20)",
+            ),
         ),
         r(
             "role_play",
@@ -656,7 +674,12 @@ static LITERALS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
 /// points to give: a score demanded in figures.
 static NUMBER_DEMAND: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(
-        r"(?:^|\b){GIVE_VERBS}\b(?:\W+\w+){{0,6}}?\W+(?P<n>\d{{1,4}})\s*(?P<unit>/|out of|of|von|de|sur|su|van|%|points?|marks?|pts|punkte|puntos|punti)(?:\s*(?P<m>\d{{1,4}}))?(?:$|[^\w/])"
+        concat!(
+            r"(?:^|\b){GIVE_VERBS}\b(?:\W+\w+){{0,6}}?\W+(?P<n>\d{{1,4}})\s*(?P<unit>/|",
+            r"out of|of|von|de|sur|su|van|%|points?|marks?|pts|punkte|puntos|",
+            r"punti)(?:\s*(?P<m>\d{{1,4}}))?(?:$|[^\w/])",
+        ),
+        GIVE_VERBS = GIVE_VERBS
     ))
     .expect("the number pattern is valid")
 });
@@ -669,14 +692,20 @@ static BASE64_RUN: LazyLock<Regex> =
 static HTML_COMMENT: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?s)<!--(.*?)(?:-->|$)").expect("valid"));
 static HIDDEN_ELEMENT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r#"(?is)<([a-z][a-z0-9]*)\b[^>]*?(?:\bhidden\b|display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?:\.0+)?(?:px|pt|em|rem|%)?\s*[;"']|opacity\s*:\s*0(?:\.0+)?\s*[;"']|(?:^|[^-])color\s*:\s*(?:white|#fff\b|#ffffff|rgba?\([^)]*,\s*0\)))[^>]*>(.*?)(?:</|$)"#,
-    )
+    Regex::new(concat!(
+        r#"(?is)<([a-z][a-z0-9]*)\b[^>]*?(?:\bhidden\b|display\s*:\s*none|"#,
+        r#"visibility\s*:\s*hidden|font-size\s*:\s*0(?:\.0+)?(?:px|pt|em|rem|%)?\s*[;"']|"#,
+        r#"opacity\s*:\s*0(?:\.0+)?\s*[;"']|(?:^|[^-])color\s*:\s*(?:white|#fff\b|"#,
+        r#"#ffffff|rgba?\([^)]*,\s*0\)))[^>]*>(.*?)(?:</|$)"#,
+    ))
     .expect("valid")
 });
 static GRADING_WORDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(?:grade[sd]?|grader|grading|score[sd]?|marks?|rubric|instructions?|evaluator|llm|gpt|chatgpt)\b")
-        .expect("valid")
+    Regex::new(concat!(
+        r"(?i)\b(?:grade[sd]?|grader|grading|score[sd]?|marks?|rubric|instructions?|",
+        r"evaluator|llm|gpt|chatgpt)\b",
+    ))
+    .expect("valid")
 });
 
 fn match_phrases(view: &Folded) -> Vec<(&'static str, usize, usize)> {

@@ -238,13 +238,17 @@ fn reply_shape(role: Role, rubric: &Rubric) -> String {
             let example: Vec<String> = rubric
                 .criteria
                 .iter()
-                .map(|c| format!(
-                        "\"{}\": {{\"score\": <0 to {}>, \"evidence\": \"<what in the work shows it>\"}}",
+                .map(|c| {
+                    format!(
+                        "\"{}\": {{\"score\": <0 to {}>, \"evidence\": \
+                         \"<what in the work shows it>\"}}",
                         c.id, c.points
-                    ))
+                    )
+                })
                 .collect();
             format!(
-                "Reply with one JSON object and nothing else: {{\"criteria\": {{{}}}, \"summary\": \"<two sentences on the work>\"}}",
+                "Reply with one JSON object and nothing else: {{\"criteria\": {{{}}}, \
+                 \"summary\": \"<two sentences on the work>\"}}",
                 example.join(", ")
             )
         }

@@ -97,7 +97,10 @@ impl Pseudonymiser {
             None if state.is_dir() => match make_key(&path) {
                 Ok(key) => Pseudonymiser { key },
                 Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "cannot keep a pseudonym key; pseudonyms are unkeyed");
+                    tracing::warn!(
+                        path = %path.display(), %error,
+                        "cannot keep a pseudonym key; pseudonyms are unkeyed"
+                    );
                     Pseudonymiser::with_key(b"")
                 }
             },
@@ -167,9 +170,15 @@ fn make_key(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// Labels of header lines that name a student, and those that give an id.
 static HEADER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r#"(?im)^[ \t]*(?:[#*>/\-]+[ \t]*|<!--[ \t]*|"""[ \t]*|'''[ \t]*)?(?:\*\*|__)?(student(?:'s)?[ \t]+name|full[ \t]+name|name|student|authors?|by|submitted[ \t]+by|prepared[ \t]+by|written[ \t]+by|student[ \t]+id|student[ \t]+number|student[ \t]+no\.?|id[ \t]+number|id|sid|matriculation(?:[ \t]+number)?|matric(?:ulation)?[ \t]+no\.?|e-?mail|netid|login|username|canvas[ \t]+id)(?:\*\*|__)?[ \t]*[:：](?:\*\*|__)?[ \t]*(.+?)[ \t]*$"#,
-    )
+    Regex::new(concat!(
+        r#"(?im)^[ \t]*(?:[#*>/\-]+[ \t]*|<!--[ \t]*|"""[ \t]*|'''[ \t]*)?(?:\*\*|"#,
+        r#"__)?(student(?:'s)?[ \t]+name|full[ \t]+name|name|student|authors?|by|"#,
+        r#"submitted[ \t]+by|prepared[ \t]+by|written[ \t]+by|student[ \t]+id|"#,
+        r#"student[ \t]+number|student[ \t]+no\.?|id[ \t]+number|id|sid|"#,
+        r#"matriculation(?:[ \t]+number)?|matric(?:ulation)?[ \t]+no\.?|e-?mail|netid|"#,
+        r#"login|username|canvas[ \t]+id)(?:\*\*|__)?[ \t]*[:：](?:\*\*|"#,
+        r#"__)?[ \t]*(.+?)[ \t]*$"#,
+    ))
     .expect("the header pattern is valid")
 });
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {

@@ -414,7 +414,8 @@ description = "Groups by region."
         assert_eq!(answer, "{\"a\":1}");
         assert_eq!(reasoning, "score high");
         let (answer, reasoning) = strip_reasoning(
-            "<|channel|>analysis<|message|>thinking<|end|><|start|>assistant<|channel|>final<|message|>{\"a\":2}",
+            "<|channel|>analysis<|message|>thinking<|end|><|start|>assistant\
+             <|channel|>final<|message|>{\"a\":2}",
         );
         assert_eq!(answer, "{\"a\":2}");
         assert!(reasoning.contains("thinking"));
