@@ -247,7 +247,7 @@ async fn grade_batch(
                 Some(done) => {
                     let mut info = done.submission.info();
                     info.original = Some(original_path(batch, &done.submission.entry));
-                    grading::assemble(plan, batch, info, Vec::new(), done.results)
+                    grading::assemble(plan, batch, &done.submission, info, Vec::new(), done.results)
                 }
                 None => { finished_open = false; continue; }
             },
@@ -414,6 +414,7 @@ pub async fn grade_one(config: Arc<Config>, path: &Path) -> Result<ResultRecord,
     Ok(grading::assemble(
         &plan,
         BATCH,
+        &done.submission,
         done.submission.info(),
         Vec::new(),
         done.results,

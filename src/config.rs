@@ -65,6 +65,8 @@ struct ConfigFile {
     grading: GradingFile,
     #[serde(default)]
     inbox: InboxFile,
+    #[serde(default)]
+    feedback: FeedbackFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +107,8 @@ struct BackendFile {
     api_key_env: Option<String>,
     api: Option<String>,
     context_length: Option<u32>,
+    seed: Option<bool>,
+    structured_output: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +141,7 @@ struct GradingFile {
     read_timeout_seconds: f64,
     connect_timeout_seconds: f64,
     retries: u32,
+    disagreement_share: f64,
 }
 
 impl Default for GradingFile {
@@ -151,8 +156,15 @@ impl Default for GradingFile {
             read_timeout_seconds: g.read_timeout.as_secs_f64(),
             connect_timeout_seconds: g.connect_timeout.as_secs_f64(),
             retries: g.retries,
+            disagreement_share: g.disagreement_share,
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FeedbackFile {
+    sees_code_analysis: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +248,13 @@ pub struct BackendConfig {
     pub api: Api,
     /// The server's context window in tokens, where known; prompts that cannot fit are refused.
     pub context_length: Option<u32>,
+    /// Whether the grading seed is sent to this server (`seed = false` in its `[[backend]]`).
+    /// mlx_lm.server serves a request that carries a seed alone, outside its batch, so set it
+    /// false there to keep batching.
+    pub send_seed: bool,
+    /// Whether the reply schema is sent as `response_format` (`structured_output = false` for a
+    /// server that rejects it); the prompt asks for the same JSON either way.
+    pub structured_output: bool,
 }
 
 impl fmt::Debug for BackendConfig {
@@ -311,6 +330,13 @@ pub struct GradingSettings {
     pub connect_timeout: Duration,
     /// How many times a failed request is sent again before its call fails.
     pub retries: u32,
+    /// Share of the maximum score by which the feedback model's overall score may differ from
+    /// the computed total before the record is flagged `scores_disagree`.
+    pub disagreement_share: f64,
+    /// Chain mode (`[feedback] sees_code_analysis = true`): the feedback call is made after the
+    /// code analysis and is shown its scores and findings, so the feedback cannot contradict
+    /// the grade.
+    pub feedback_sees_code_analysis: bool,
 }
 
 impl GradingSettings {
@@ -334,6 +360,8 @@ impl Default for GradingSettings {
             read_timeout: Duration::from_secs(180),
             connect_timeout: Duration::from_secs(5),
             retries: 1,
+            disagreement_share: 0.3,
+            feedback_sees_code_analysis: false,
         }
     }
 }
@@ -499,6 +527,16 @@ impl Config {
                 g.connect_timeout_seconds,
             )?,
             retries: g.retries,
+            disagreement_share: if (0.0..=1.0).contains(&g.disagreement_share) {
+                g.disagreement_share
+            } else {
+                return Err(ConfigError::invalid(
+                    path,
+                    "grading.disagreement_share",
+                    "must be a share of the maximum score, within 0..1",
+                ));
+            },
+            feedback_sees_code_analysis: file.feedback.sees_code_analysis,
         };
 
         let inbox = InboxSettings {
@@ -683,6 +721,8 @@ fn validate_backend(path: &Path, i: usize, raw: BackendFile) -> Result<BackendCo
         api_key_env: raw.api_key_env,
         api,
         context_length: raw.context_length,
+        send_seed: raw.seed.unwrap_or(true),
+        structured_output: raw.structured_output.unwrap_or(true),
     })
 }
 

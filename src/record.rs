@@ -42,9 +42,46 @@ pub struct ResultRecord {
     /// Markers for human review, such as `possible_prompt_injection`.
     #[serde(default)]
     pub flags: Vec<String>,
+    /// What the prompt-injection scan found, when it found anything: the reason for a
+    /// `possible_prompt_injection` flag, for the reviewer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub injection: Vec<InjectionMatch>,
     /// Hash of everything that shapes a grade: rubric, prompts, models and settings.
     pub grading_key: String,
+    /// How the submission was graded: sampling settings, seeds sent, pseudonym used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grading: Option<GradingUsed>,
     pub performance_diagnostics: PerformanceDiagnostics,
+}
+
+/// One attempt to steer the grader found in a submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectionMatch {
+    /// What kind of attempt: `ignore_instructions`, `score_demand`, `role_play`, `fake_marker`,
+    /// `fake_result`, `addresses_grader`, `hidden_text` or `invisible_text`.
+    pub pattern: String,
+    /// Where it was: `text`, `comment`, `hidden_html`, `base64` or `invisible`.
+    pub location: String,
+    /// A short excerpt of the submission around it, on one line.
+    pub excerpt: String,
+}
+
+/// The settings a submission's calls were made with, so a grade can be reproduced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradingUsed {
+    pub temperature: f64,
+    /// The seed each role's call carried; `null` where the backend does not take one.
+    pub seeds: BTreeMap<Role, Option<u64>>,
+    /// The version of tandem's prompts.
+    pub prompt_version: String,
+    /// Whether the feedback call was shown the code analysis (chain mode).
+    pub feedback_sees_code_analysis: bool,
+    /// The opaque id that stood for the student in every prompt; `submission.student` says
+    /// who it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_pseudonym: Option<String>,
+    /// How many places in the submission's text named the student and were replaced.
+    pub identities_replaced: usize,
 }
 
 /// What was graded: the files, their format and hash, and who handed them in.

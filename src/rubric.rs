@@ -199,6 +199,18 @@ impl Rubric {
                         ),
                     ));
                 }
+                if meaning.trim().is_empty() {
+                    return Err(invalid(
+                        at("levels"),
+                        format!("criterion `{}`: level {value} must say what earns it", c.id),
+                    ));
+                }
+                if levels.iter().any(|(other, _)| *other == value) {
+                    return Err(invalid(
+                        at("levels"),
+                        format!("criterion `{}`: level {value} is given twice", c.id),
+                    ));
+                }
                 levels.push((value, meaning));
             }
             levels.sort_by_key(|level| std::cmp::Reverse(level.0));
@@ -219,5 +231,94 @@ impl Rubric {
             criteria,
             text: text.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+title = "Sales"
+task = "Analyse sales."
+[[criterion]]
+id = "loading"
+name = "Loads the data"
+points = 2
+description = "Reads the CSV."
+levels = { "2" = "reads and cleans it", "0" = "does not read it" }
+"#;
+
+    fn error(text: &str) -> String {
+        Rubric::from_toml(Path::new("rubric.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn reads_levels_highest_first() {
+        let rubric = Rubric::from_toml(Path::new("rubric.toml"), GOOD).unwrap();
+        assert_eq!(rubric.max_score(), 2);
+        let levels: Vec<u32> = rubric.criteria[0].levels.iter().map(|l| l.0).collect();
+        assert_eq!(levels, [2, 0]);
+    }
+
+    #[test]
+    fn errors_name_the_criterion_and_the_key() {
+        let cases = [
+            (
+                GOOD.replace("points = 2", "points = 0"),
+                "`criterion[0].points`",
+            ),
+            (
+                GOOD.replace("id = \"loading\"", "id = \"load ing\""),
+                "`criterion[0].id`",
+            ),
+            (
+                GOOD.replace("\"2\" = ", "\"3\" = "),
+                "level 3 is above its 2 points",
+            ),
+            (
+                GOOD.replace("\"2\" = ", "\"two\" = "),
+                "level `two` is not a whole number",
+            ),
+            (
+                GOOD.replace("\"reads and cleans it\"", "\" \""),
+                "level 2 must say",
+            ),
+            (
+                GOOD.replace("\"0\" = ", "\"02\" = "),
+                "level 2 is given twice",
+            ),
+            (
+                GOOD.replace("description = \"Reads the CSV.\"", "description = \"\""),
+                "`criterion[0].description`",
+            ),
+            (
+                GOOD.replace("task = \"Analyse sales.\"", "task = \" \""),
+                "`task`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = error(&text);
+            assert!(message.contains(expected), "{message}");
+            assert!(message.starts_with("rubric.toml"), "{message}");
+            if expected.contains("level") {
+                assert!(message.contains("`criterion[0].levels`") && message.contains("`loading`"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_with_its_line() {
+        let message = error(&GOOD.replace("points = 2", "pionts = 2"));
+        assert!(message.contains("pionts"), "{message}");
+        assert!(message.starts_with("rubric.toml:7: "), "{message}");
+    }
+
+    #[test]
+    fn two_criteria_may_not_share_an_id() {
+        let twice = format!("{GOOD}{}", &GOOD[GOOD.find("[[criterion]]").unwrap()..]);
+        assert!(error(&twice).contains("`loading` is used by two criteria"));
     }
 }

@@ -347,7 +347,13 @@ impl Scheduler {
 }
 
 fn admit(shared: &Shared, submission: Arc<Submission>, permit: OwnedSemaphorePermit) {
-    let now = Instant::now();
+    // In chain mode only the code analysis starts now; `complete` queues the feedback call.
+    let jobs: Vec<Job> = shared
+        .plan
+        .first_roles()
+        .iter()
+        .map(|&role| fresh_job(&submission, role, shared.plan.request(role, &submission)))
+        .collect();
     let mut q = shared.queues.lock().unwrap();
     q.pending.insert(
         submission.id.clone(),
@@ -357,22 +363,26 @@ fn admit(shared: &Shared, submission: Arc<Submission>, permit: OwnedSemaphorePer
             _permit: permit,
         },
     );
-    for role in Role::ALL {
-        let request = shared.plan.request(role, &submission);
-        q.waiting.entry(role).or_default().push_back(Job {
-            submission: submission.clone(),
-            role,
-            request,
-            attempts: 0,
-            transport_failures: 0,
-            corrections: 0,
-            retries: Vec::new(),
-            ready_at: now,
-            avoid: None,
-        });
+    for job in jobs {
+        q.waiting.entry(job.role).or_default().push_back(job);
     }
     drop(q);
     shared.wake.notify_waiters();
+}
+
+/// A call not yet sent.
+fn fresh_job(submission: &Arc<Submission>, role: Role, request: ChatRequest) -> Job {
+    Job {
+        submission: submission.clone(),
+        role,
+        request,
+        attempts: 0,
+        transport_failures: 0,
+        corrections: 0,
+        retries: Vec::new(),
+        ready_at: Instant::now(),
+        avoid: None,
+    }
 }
 
 /// What an idle worker should do next.
@@ -602,12 +612,28 @@ fn requeue(shared: &Shared, mut job: Job, avoid: Option<usize>, after: Duration)
 }
 
 fn complete(shared: &Shared, submission: Arc<Submission>, result: RoleResult) {
+    // Chain mode: a code analysis is followed by its feedback call, which joins the back of the
+    // feedback queue, so the feedback backends work on earlier submissions while the code
+    // analysis of later ones runs.
+    let follow_up = shared.plan.follow_up(&submission, &result);
     let mut q = shared.queues.lock().unwrap();
     let Some(pending) = q.pending.get_mut(&submission.id) else {
         return;
     };
     pending.results.push(result);
     pending.remaining -= 1;
+    match follow_up {
+        Some(grading::FollowUp::Skip(skipped)) => {
+            pending.results.push(*skipped);
+            pending.remaining -= 1;
+        }
+        Some(grading::FollowUp::Call { role, request }) => {
+            let job = fresh_job(&submission, role, request);
+            q.waiting.entry(role).or_default().push_back(job);
+        }
+        None => {}
+    }
+    let pending = q.pending.get_mut(&submission.id).expect("present above");
     if pending.remaining == 0 {
         let pending = q.pending.remove(&submission.id).expect("present above");
         drop(q);

@@ -44,10 +44,28 @@ async fn a_stopped_server_is_a_connect_error_until_it_restarts() {
 #[tokio::test]
 async fn http_errors_keep_their_status_kind_and_an_excerpt_of_the_body() {
     for (fault, status, kind, words, retryable) in [
-        (Fault::server_error(), 500, "http_status", "Invalid input batch", true),
-        (Fault::busy(), 503, "server_busy", "maximum pending requests exceeded", true),
+        (
+            Fault::server_error(),
+            500,
+            "http_status",
+            "Invalid input batch",
+            true,
+        ),
+        (
+            Fault::busy(),
+            503,
+            "server_busy",
+            "maximum pending requests exceeded",
+            true,
+        ),
         (Fault::loading(), 503, "server_busy", "Loading model", true),
-        (Fault::model_not_found("fake-model"), 404, "model_not_found", "does not exist", false),
+        (
+            Fault::model_not_found("fake-model"),
+            404,
+            "model_not_found",
+            "does not exist",
+            false,
+        ),
     ] {
         let server = FakeServer::builder()
             .fault(fault.clone(), When::Every)

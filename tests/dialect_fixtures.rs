@@ -113,6 +113,8 @@ fn backend(url: &str, api: Api, model: &str) -> BackendConfig {
         api_key_env: None,
         api,
         context_length: None,
+        send_seed: true,
+        structured_output: true,
     }
 }
 

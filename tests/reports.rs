@@ -107,7 +107,9 @@ fn record(
         feedback: None,
         code_analysis: None,
         flags: Vec::new(),
+        injection: Vec::new(),
         grading_key: "key".to_string(),
+        grading: None,
         performance_diagnostics: PerformanceDiagnostics {
             timestamp: at(30_000),
             calls,

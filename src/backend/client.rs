@@ -175,6 +175,10 @@ pub struct ChatClient {
     api_key: Option<String>,
     read_timeout: Duration,
     context_length: Option<u32>,
+    /// The backend's `seed` setting: whether a request's seed is sent.
+    send_seed: bool,
+    /// The backend's `structured_output` setting: whether a schema is sent.
+    structured_output: bool,
 }
 
 impl std::fmt::Debug for ChatClient {
@@ -230,6 +234,8 @@ impl ChatClient {
             api_key,
             read_timeout,
             context_length: backend.context_length,
+            send_seed: backend.send_seed,
+            structured_output: backend.structured_output,
         })
     }
 
@@ -256,6 +262,16 @@ impl ChatClient {
     /// The JSON body of a request, as sent. For Ollama this settles the context size, which
     /// then holds for later requests to the same server and model.
     pub fn body(&self, request: &ChatRequest) -> Value {
+        // The backend's settings decide whether a seed and a schema go out at all: a seed
+        // keeps mlx-lm from batching a request, and some servers reject schemas.
+        let request = &ChatRequest {
+            seed: request.seed.filter(|_| self.send_seed),
+            json_schema: request
+                .json_schema
+                .clone()
+                .filter(|_| self.structured_output),
+            ..request.clone()
+        };
         match self.api {
             Api::OpenAi => openai::body(&self.model, request),
             Api::Ollama => {
@@ -482,6 +498,8 @@ mod tests {
             api_key_env: None,
             api,
             context_length,
+            send_seed: true,
+            structured_output: true,
         }
     }
 

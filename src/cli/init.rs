@@ -1,4 +1,7 @@
 //! `tandem init`: a starter configuration and rubric in the current folder.
+//!
+//! The starter configuration names every grading setting with its default, so an instructor
+//! sees what can be changed; the rubric is the sample class's.
 
 use std::path::Path;
 
@@ -23,6 +26,10 @@ role = "code_analysis"
 url = "http://127.0.0.1:8081"
 model = "default_model"
 max_concurrency = 1
+# seed = false              # mlx_lm.server 0.28.4 and later serves a request with a seed alone,
+#                           # outside its batch: set this to keep batching there.
+# structured_output = false # for a server that rejects `response_format`; the prompt asks
+#                           # for the same JSON either way.
 
 [[backend]]
 name = "feedback-server"
@@ -38,9 +45,18 @@ combined = { excellent = 60, good = 40 }
 
 [grading]
 temperature = 0.0
-seed = 42
+seed = 42                   # sent with every request, unless the backend says `seed = false`
 code_analysis_max_tokens = 1024
 feedback_max_tokens = 1024
+# Flag `scores_disagree` when the feedback model's overall score and the computed total differ
+# by more than this share of the maximum.
+disagreement_share = 0.3
+
+[feedback]
+# Chain mode: make each feedback call after its submission's code analysis and show it the
+# scores, so the feedback never contradicts the grade. Both servers still work at once, on
+# different submissions.
+sees_code_analysis = false
 "#;
 
 const STARTER_RUBRIC: &str = include_str!("../../examples/rubric.toml");

@@ -13,8 +13,12 @@ use crate::rubric::Rubric;
 /// Why a reply could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
-    #[error("the reply was cut off at the {max_tokens}-token limit (finish_reason: length)")]
-    Truncated { max_tokens: u32 },
+    #[error("the reply was cut off at the {max_tokens}-token limit (finish_reason: length){note}")]
+    Truncated {
+        max_tokens: u32,
+        /// Says so when the model spent the whole budget on reasoning.
+        note: &'static str,
+    },
     #[error("the reply is empty")]
     Empty,
     #[error("the reply holds no JSON object: {excerpt}")]
@@ -51,42 +55,88 @@ pub enum Extraction {
     FromProse,
 }
 
-/// Removes reasoning that leaked into the answer: `<think>` blocks and gpt-oss's Harmony channel
-/// markers, keeping only the final channel when there is one.
+/// Removes reasoning that leaked into the answer and returns `(answer, reasoning)`.
+///
+/// Handled: gpt-oss's Harmony channels (only the `final` channel is the answer; a reply with
+/// channels but no final one has no answer), the same with its special tokens dropped by the
+/// server (`analysis…assistantfinal{…}`), `<think>`, `<thinking>` and `<reasoning>` blocks, a
+/// block whose opening tag the chat template wrote (only `</think>` in the reply), and a block
+/// left open by a cut-off reply.
 pub fn strip_reasoning(content: &str) -> (String, String) {
     let mut answer = content.to_string();
     let mut reasoning = String::new();
 
     // gpt-oss through servers that do not parse Harmony: `<|channel|>analysis<|message|>...
-    // <|end|><|start|>assistant<|channel|>final<|message|>ANSWER`.
+    // <|end|><|start|>assistant<|channel|>final <|constrain|>json<|message|>ANSWER`.
     // See: https://github.com/ml-explore/mlx-lm/issues/875
-    if let Some(pos) = answer.rfind("<|channel|>final<|message|>") {
+    if let Some(pos) = answer.rfind("<|channel|>final") {
+        let header = &answer[pos..];
+        if let Some(message) = header.find("<|message|>") {
+            reasoning.push_str(&answer[..pos]);
+            answer = header[message + "<|message|>".len()..].to_string();
+        }
+    } else if answer.contains("<|channel|>") {
+        // Analysis or commentary channels only: the model never reached its answer.
+        return (String::new(), answer);
+    } else if answer.starts_with("analysis")
+        && let Some(pos) = answer.rfind("assistantfinal")
+    {
         reasoning.push_str(&answer[..pos]);
-        answer = answer[pos + "<|channel|>final<|message|>".len()..].to_string();
+        answer = answer[pos + "assistantfinal".len()..].to_string();
     }
-    for marker in ["<|end|>", "<|return|>", "<|start|>assistant"] {
-        answer = answer.replace(marker, "");
-    }
+    answer = remove_special_tokens(&answer);
 
-    while let Some(start) = answer.find("<think>") {
-        match answer[start..].find("</think>") {
+    for (open, close) in [
+        ("<think>", "</think>"),
+        ("<thinking>", "</thinking>"),
+        ("<reasoning>", "</reasoning>"),
+    ] {
+        while let Some(start) = answer.find(open) {
+            match answer[start..].find(close) {
+                Some(len) => {
+                    let end = start + len + close.len();
+                    reasoning.push_str(&answer[start + open.len()..start + len]);
+                    answer.replace_range(start..end, "");
+                }
+                None => {
+                    reasoning.push_str(&answer[start + open.len()..]);
+                    answer.truncate(start);
+                }
+            }
+        }
+        // A reply may open with only the closing tag when the template opened the block.
+        if let Some(end) = answer.find(close) {
+            reasoning.push_str(&answer[..end]);
+            answer = answer[end + close.len()..].to_string();
+        }
+    }
+    (answer.trim().to_string(), reasoning)
+}
+
+/// Removes chat-template tokens such as `<|end|>` or `<|return|>` left in an answer.
+fn remove_special_tokens(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("<|") {
+        let token = rest[start + 2..].find("|>").filter(|&len| {
+            len <= 32
+                && rest[start + 2..start + 2 + len]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        match token {
             Some(len) => {
-                let end = start + len + "</think>".len();
-                reasoning.push_str(&answer[start + 7..start + len]);
-                answer.replace_range(start..end, "");
+                out.push_str(&rest[..start]);
+                rest = &rest[start + 2 + len + 2..];
             }
             None => {
-                reasoning.push_str(&answer[start + 7..]);
-                answer.truncate(start);
+                out.push_str(&rest[..start + 2]);
+                rest = &rest[start + 2..];
             }
         }
     }
-    // A reply may open with only the closing tag when the template opened the block.
-    if let Some(end) = answer.find("</think>") {
-        reasoning.push_str(&answer[..end]);
-        answer = answer[end + "</think>".len()..].to_string();
-    }
-    (answer.trim().to_string(), reasoning)
+    out.push_str(rest);
+    out
 }
 
 /// Finds the JSON object in a reply.
@@ -98,10 +148,10 @@ pub fn extract_json(reply: &str) -> Result<(Value, Extraction), ReplyError> {
     if let Ok(value @ Value::Object(_)) = serde_json::from_str::<Value>(text) {
         return Ok((value, Extraction::Whole));
     }
-    if let Some(inner) = fenced_block(text)
-        && let Ok(value @ Value::Object(_)) = serde_json::from_str::<Value>(inner.trim())
-    {
-        return Ok((value, Extraction::Fenced));
+    for inner in fenced_blocks(text) {
+        if let Ok(value @ Value::Object(_)) = serde_json::from_str::<Value>(inner.trim()) {
+            return Ok((value, Extraction::Fenced));
+        }
     }
     // The first `{` whose balanced object parses.
     for (start, _) in text.match_indices('{') {
@@ -116,13 +166,24 @@ pub fn extract_json(reply: &str) -> Result<(Value, Extraction), ReplyError> {
     })
 }
 
-fn fenced_block(text: &str) -> Option<&str> {
-    let start = text.find("```")?;
-    let after = &text[start + 3..];
-    let body_start = after.find('\n')? + 1;
-    let body = &after[body_start..];
-    let end = body.find("```")?;
-    Some(&body[..end])
+/// The bodies of the markdown code fences in a text, with the language tag after the opening
+/// fence (```` ```json ````) left out.
+fn fenced_blocks(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("```") {
+        let after = &rest[start + 3..];
+        let tag = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        let body = &after[tag..];
+        let Some(end) = body.find("```") else {
+            break;
+        };
+        blocks.push(&body[..end]);
+        rest = &body[end + 3..];
+    }
+    blocks
 }
 
 /// A whole-number score from a JSON value: integers, or numbers with no fractional part.
@@ -353,10 +414,40 @@ description = "Groups by region."
         assert_eq!(answer, "{\"a\":1}");
         assert_eq!(reasoning, "score high");
         let (answer, reasoning) = strip_reasoning(
-            "<|channel|>analysis<|message|>thinking<|end|><|start|>assistant<|channel|>final<|message|>{\"a\":2}",
+            "<|channel|>analysis<|message|>thinking<|end|><|start|>assistant\
+             <|channel|>final<|message|>{\"a\":2}",
         );
         assert_eq!(answer, "{\"a\":2}");
         assert!(reasoning.contains("thinking"));
+        let (answer, _) = strip_reasoning(
+            "<|channel|>analysis<|message|>x<|end|><|start|>assistant<|channel|>final \
+             <|constrain|>json<|message|>{\"a\":3}<|return|>",
+        );
+        assert_eq!(answer, "{\"a\":3}");
+        let (answer, reasoning) =
+            strip_reasoning("analysisThe user wants JSON.assistantfinal{\"a\":4}");
+        assert_eq!(answer, "{\"a\":4}");
+        assert_eq!(reasoning, "analysisThe user wants JSON.");
+        let (answer, _) = strip_reasoning("scores first</think>{\"a\":5}");
+        assert_eq!(answer, "{\"a\":5}");
+    }
+
+    #[test]
+    fn a_reply_with_only_reasoning_has_no_answer() {
+        let (answer, reasoning) =
+            strip_reasoning("<|channel|>analysis<|message|>Give it {\"score\": 10} maybe");
+        assert_eq!(answer, "");
+        assert!(reasoning.contains("score"));
+        let (answer, _) = strip_reasoning("<think>{\"criteria\": {}} is what I will say");
+        assert_eq!(answer, "");
+        assert_eq!(extract_json(&answer).unwrap_err(), ReplyError::Empty);
+    }
+
+    #[test]
+    fn finds_json_in_any_fence_that_holds_it() {
+        let reply = "Example:\n```python\nprint(1)\n```\nAnswer:\n```json{\"a\": 1}```";
+        let (value, how) = extract_json(reply).unwrap();
+        assert_eq!((value["a"].as_i64(), how), (Some(1), Extraction::Fenced));
     }
 
     #[test]

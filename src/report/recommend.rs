@@ -445,6 +445,8 @@ mod tests {
             feedback: None,
             code_analysis: None,
             flags: Vec::new(),
+            injection: Vec::new(),
+            grading: None,
             grading_key: "k".into(),
             performance_diagnostics: PerformanceDiagnostics {
                 timestamp: at(0),

@@ -30,6 +30,8 @@ pub fn backend_at(name: &str, url: &str) -> BackendConfig {
         api_key_env: None,
         api: Api::OpenAi,
         context_length: None,
+        send_seed: true,
+        structured_output: true,
     }
 }
 

@@ -206,6 +206,8 @@ pub fn night() -> Vec<ResultRecord> {
                 feedback: None,
                 code_analysis: None,
                 flags: Vec::new(),
+                injection: Vec::new(),
+                grading: None,
                 grading_key: "key".to_string(),
                 performance_diagnostics: PerformanceDiagnostics {
                     timestamp: at(0),
@@ -290,6 +292,8 @@ pub fn night() -> Vec<ResultRecord> {
             } else {
                 Vec::new()
             },
+            injection: Vec::new(),
+            grading: None,
             grading_key: "key".to_string(),
             performance_diagnostics: PerformanceDiagnostics {
                 timestamp: at(0),
