@@ -44,5 +44,6 @@ pub mod report;
 pub mod rubric;
 pub mod scheduler;
 pub mod submission;
+pub mod watch;
 
 pub use batch::grade_one;

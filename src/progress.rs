@@ -79,6 +79,10 @@ pub fn submission_line(record: &ResultRecord, done: usize, total: usize) -> Stri
             format!("❌ [{done}/{total}] failed {id}: {kind}: {message}")
         }
         Status::Duplicate => format!("♻️  [{done}/{total}] duplicate {id}: already graded"),
+        Status::Superseded => {
+            let by = record.links.superseded_by.as_ref().map_or("", |r| r.id.as_str());
+            format!("⏭️  [{done}/{total}] superseded {id}: a newer resubmission is graded ({by})")
+        }
     }
 }
 

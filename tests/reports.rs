@@ -108,6 +108,7 @@ fn record(
         code_analysis: None,
         flags: Vec::new(),
         grading_key: "key".to_string(),
+        links: Default::default(),
         performance_diagnostics: PerformanceDiagnostics {
             timestamp: at(30_000),
             calls,

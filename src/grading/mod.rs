@@ -257,6 +257,7 @@ pub fn assemble(
         },
         flags,
         grading_key: plan.grading_key.clone(),
+        links: Default::default(),
         performance_diagnostics: diagnostics,
     }
 }
@@ -282,6 +283,7 @@ pub fn failed_before_grading(
         code_analysis: None,
         flags: Vec::new(),
         grading_key: plan.grading_key.clone(),
+        links: Default::default(),
         performance_diagnostics: PerformanceDiagnostics {
             timestamp: crate::diagnostics::now(),
             calls: BTreeMap::new(),
