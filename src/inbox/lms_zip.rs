@@ -31,6 +31,9 @@ use crate::submission::{Lms, LmsName, parse_lms_name};
 /// compresses very well without being a bomb.
 const RATIO_FLOOR: u64 = 1024 * 1024;
 
+/// How many largest-allowed files' worth of bytes a zip may expand to.
+pub const FILES_PER_ZIP: u64 = 256;
+
 /// Limits that stop a zip from expanding without bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZipLimits {
@@ -45,10 +48,12 @@ pub struct ZipLimits {
 }
 
 impl ZipLimits {
-    /// The limits for a configuration whose files may be at most `max_file_bytes`.
+    /// The limits for a configuration whose files may be at most `max_file_bytes`: a zip may
+    /// hold [`FILES_PER_ZIP`] such files' worth of bytes (512 MiB at the default 2 MiB).
     pub fn for_file_limit(max_file_bytes: u64) -> ZipLimits {
         ZipLimits {
             max_file_bytes,
+            max_total_bytes: max_file_bytes.saturating_mul(FILES_PER_ZIP),
             ..ZipLimits::default()
         }
     }
