@@ -95,6 +95,12 @@ settle_seconds = 0
 {inbox_extra}
 "#
         );
+        let settle = if inbox_extra.contains("settle_seconds") {
+            ""
+        } else {
+            "settle_seconds = 0"
+        };
+        let config = config.replace("settle_seconds = 0\n", &format!("{settle}\n"));
         let config_path = root.join("tandem.toml");
         fs::write(&config_path, config).unwrap();
         Class { dir, config_path }
