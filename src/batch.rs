@@ -462,7 +462,9 @@ fn load_single(
             id: submission::slug(&name),
             files: vec![name.clone()],
             format: "unknown".into(),
-            bytes: std::fs::symlink_metadata(path).map(|m| m.len()).unwrap_or(0),
+            bytes: std::fs::symlink_metadata(path)
+                .map(|m| m.len())
+                .unwrap_or(0),
             ..Default::default()
         };
         Box::new(grading::failed_before_grading(

@@ -141,7 +141,9 @@ impl Watchlist {
         let mut next = HashMap::with_capacity(entries.len());
         for entry in entries {
             let seen = match self.seen.remove(&entry.path) {
-                Some(old) if old.entry.bytes == entry.bytes && old.entry.modified == entry.modified => {
+                Some(old)
+                    if old.entry.bytes == entry.bytes && old.entry.modified == entry.modified =>
+                {
                     Seen { entry, ..old }
                 }
                 _ => Seen {

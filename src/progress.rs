@@ -80,7 +80,11 @@ pub fn submission_line(record: &ResultRecord, done: usize, total: usize) -> Stri
         }
         Status::Duplicate => format!("♻️  [{done}/{total}] duplicate {id}: already graded"),
         Status::Superseded => {
-            let by = record.links.superseded_by.as_ref().map_or("", |r| r.id.as_str());
+            let by = record
+                .links
+                .superseded_by
+                .as_ref()
+                .map_or("", |r| r.id.as_str());
             format!("⏭️  [{done}/{total}] superseded {id}: a newer resubmission is graded ({by})")
         }
     }

@@ -235,7 +235,12 @@ impl Queue {
         let mut batches = Vec::new();
         for path in list_sorted(&root)? {
             if path.is_dir() {
-                batches.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+                batches.push(
+                    path.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
         }
         Ok(batches)
@@ -255,7 +260,11 @@ impl Queue {
     fn units_in(&self, batch: &str, root: &Path, tidy: bool) -> Result<Vec<Unit>, QueueError> {
         let mut units = Vec::new();
         for dir in list_sorted(root)? {
-            let id = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let id = dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let inside = list_sorted(&dir)?;
             match inside.as_slice() {
                 [] if tidy => {
@@ -264,7 +273,11 @@ impl Queue {
                 [path] => units.push(Unit {
                     batch: batch.to_string(),
                     id,
-                    name: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                    name: path
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned(),
                     path: path.clone(),
                 }),
                 _ => tracing::warn!(dir = %dir.display(), "unexpected contents; left alone"),
@@ -546,7 +559,10 @@ mod tests {
         let unit = queue.claim("b1", &entry).unwrap();
         assert!(!entry.exists());
         assert_eq!(unit.id, "ana-maria.py");
-        assert_eq!(unit.path, queue.claimed_dir("b1").join("ana-maria.py/Ana María.py"));
+        assert_eq!(
+            unit.path,
+            queue.claimed_dir("b1").join("ana-maria.py/Ana María.py")
+        );
         assert_eq!(fs::read_to_string(&unit.path).unwrap(), "print(1)");
         assert_eq!(unit.original(), "archive/b1/ana-maria.py/Ana María.py");
     }
@@ -595,7 +611,11 @@ mod tests {
 
         let archived = queue.archive(&unit).unwrap();
         assert_eq!(fs::read_to_string(archived).unwrap(), "select 1;");
-        assert_eq!(queue.unfinished_batches().unwrap().len(), 2, "reports not yet written");
+        assert_eq!(
+            queue.unfinished_batches().unwrap().len(),
+            2,
+            "reports not yet written"
+        );
         queue.finish_batch("2026-01-01T00-00-00").unwrap();
         queue.finish_batch("2026-01-02T00-00-00").unwrap();
         assert!(queue.unfinished_batches().unwrap().is_empty());
@@ -618,7 +638,9 @@ mod tests {
         fs::create_dir_all(&outbox).unwrap();
         fs::write(outbox.join(".a.json.123.tmp"), "{").unwrap();
         fs::write(outbox.join("b.json"), "{}").unwrap();
-        queue.remove_temporaries("b1", &dir.path().join("reports")).unwrap();
+        queue
+            .remove_temporaries("b1", &dir.path().join("reports"))
+            .unwrap();
         let left: Vec<String> = fs::read_dir(&outbox)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -150,16 +150,18 @@ pub async fn watch(
     // opens a batch of its own, which would otherwise look unfinished too.
     let (closed_tx, closed_rx) = mpsc::unbounded_channel::<String>();
     for batch in queue.unfinished_batches()? {
-        display.line(&format!("Resuming batch {batch}, left unfinished by an earlier run"));
+        display.line(&format!(
+            "Resuming batch {batch}, left unfinished by an earlier run"
+        ));
         let _ = closed_tx.send(batch);
     }
-    let grader = Grader::new(config.clone(), options.run.clone(), display.clone(), cancel.clone());
-    let mut grading = tokio::spawn(grade_closed(
-        grader,
-        queue.clone(),
-        closed_rx,
-        on_batch,
-    ));
+    let grader = Grader::new(
+        config.clone(),
+        options.run.clone(),
+        display.clone(),
+        cancel.clone(),
+    );
+    let mut grading = tokio::spawn(grade_closed(grader, queue.clone(), closed_rx, on_batch));
 
     display.line(&format!(
         "Watching {} (batches close after {} s without new files; Ctrl-C to stop)",

@@ -39,14 +39,22 @@ async fn every_input_ends_in_one_record_and_its_original_is_kept() {
     }
     fs::create_dir(class.inbox().join("group project")).unwrap();
     fs::write(class.inbox().join("group project/a.py"), script(100)).unwrap();
-    fs::write(class.inbox().join("group project/notes.md"), "# Notes\nWe split it.").unwrap();
+    fs::write(
+        class.inbox().join("group project/notes.md"),
+        "# Notes\nWe split it.",
+    )
+    .unwrap();
 
     let outcomes = run(&class, false).await;
 
     assert_eq!(outcomes.len(), 1);
     let records = class.records();
     assert_eq!(records.len(), 7, "{:?}", statuses(&records));
-    assert!(records.iter().all(|r| r.status == Status::Graded), "{:?}", statuses(&records));
+    assert!(
+        records.iter().all(|r| r.status == Status::Graded),
+        "{:?}",
+        statuses(&records)
+    );
     for (name, bytes) in &dropped {
         let record = record_for(&records, name);
         assert_eq!(fs::read_to_string(class.original(record)).unwrap(), *bytes);
@@ -54,10 +62,19 @@ async fn every_input_ends_in_one_record_and_its_original_is_kept() {
     let folder = record_for(&records, "group project");
     assert_eq!(folder.submission.files, vec!["a.py", "notes.md"]);
     assert!(class.original(folder).join("notes.md").is_file());
-    assert!(fs::read_dir(class.inbox()).unwrap().next().is_none(), "the inbox is empty");
+    assert!(
+        fs::read_dir(class.inbox()).unwrap().next().is_none(),
+        "the inbox is empty"
+    );
     assert!(class.claimed().is_empty());
     assert!(class.stray_outbox_files().is_empty());
-    assert!(!class.state().join("claimed").join(&outcomes[0].batch).exists());
+    assert!(
+        !class
+            .state()
+            .join("claimed")
+            .join(&outcomes[0].batch)
+            .exists()
+    );
 }
 
 #[tokio::test]
@@ -72,7 +89,11 @@ async fn the_same_submission_dropped_again_is_a_duplicate_of_the_earlier_record(
     class.drop_file("smithjane_1001_2002_analysis.py", script(1));
     let second = run(&class, false).await;
 
-    assert_eq!(servers.requests(), calls_after_first, "nothing was graded again");
+    assert_eq!(
+        servers.requests(),
+        calls_after_first,
+        "nothing was graded again"
+    );
     let record = &second[0].records[0];
     assert_eq!(record.status, Status::Duplicate);
     let earlier = RecordRef::new(&first[0].batch, &first[0].records[0].submission.id);
@@ -82,7 +103,10 @@ async fn the_same_submission_dropped_again_is_a_duplicate_of_the_earlier_record(
 
     let csv = fs::read_to_string(&second[0].reports.submissions).unwrap();
     assert!(csv.contains(",duplicate,"), "{csv}");
-    assert!(csv.contains(&format!("duplicate_of {}", earlier.path)), "{csv}");
+    assert!(
+        csv.contains(&format!("duplicate_of {}", earlier.path)),
+        "{csv}"
+    );
 }
 
 #[tokio::test]
@@ -103,7 +127,10 @@ async fn regrade_grades_a_duplicate_again() {
     class.drop_file("essay.md", "# Findings\nNorth sells most.");
     let third = run(&class, false).await;
     let regraded = RecordRef::new(&again[0].batch, "essay.md");
-    assert_eq!(third[0].records[0].links.duplicate_of.as_ref(), Some(&regraded));
+    assert_eq!(
+        third[0].records[0].links.duplicate_of.as_ref(),
+        Some(&regraded)
+    );
 }
 
 #[tokio::test]
@@ -118,7 +145,11 @@ async fn a_changed_file_or_another_grading_configuration_is_graded_again() {
     assert_eq!(changed[0].records[0].status, Status::Graded);
 
     let text = fs::read_to_string(&class.config_path).unwrap();
-    fs::write(&class.config_path, text.replace("fake-coder", "another-coder")).unwrap();
+    fs::write(
+        &class.config_path,
+        text.replace("fake-coder", "another-coder"),
+    )
+    .unwrap();
     class.drop_file("a.py", script(2));
     let new_models = run(&class, false).await;
     assert_eq!(new_models[0].records[0].status, Status::Graded);
@@ -192,7 +223,11 @@ async fn older_canvas_resubmissions_are_superseded_by_the_newest() {
         Status::Graded
     );
     assert_eq!(outcome.failed(), 0);
-    assert_eq!(servers.code.stats().requests, 2, "only the newest file and the notes");
+    assert_eq!(
+        servers.code.stats().requests,
+        2,
+        "only the newest file and the notes"
+    );
     let csv = fs::read_to_string(&outcome.reports.submissions).unwrap();
     assert!(csv.contains(",superseded,"), "{csv}");
 }
@@ -207,23 +242,39 @@ async fn resumes_claimed_work_after_crash_without_grading_anything_twice() {
     // A run that claimed everything, graded s0 and wrote its record, then died before
     // archiving it; it also left a half-written record of s1 behind.
     run(&class, false).await;
-    let done = class.records().into_iter().find(|r| r.submission.id == "s0.py").unwrap();
-    let batch = done.batch.clone();
-    let queue = Queue::open(&tandem::config::Config::load(&class.config_path).unwrap().paths)
+    let done = class
+        .records()
+        .into_iter()
+        .find(|r| r.submission.id == "s0.py")
         .unwrap();
+    let batch = done.batch.clone();
+    let queue = Queue::open(
+        &tandem::config::Config::load(&class.config_path)
+            .unwrap()
+            .paths,
+    )
+    .unwrap();
     let crashed = "2030-01-01T00-00-00";
     queue.open_batch(crashed).unwrap();
     let mut units = Vec::new();
     for n in 0..4 {
         class.drop_file(&format!("r{n}.py"), script(10 + n));
-        units.push(queue.claim(crashed, &class.inbox().join(format!("r{n}.py"))).unwrap());
+        units.push(
+            queue
+                .claim(crashed, &class.inbox().join(format!("r{n}.py")))
+                .unwrap(),
+        );
     }
     let mut record = done.clone();
     record.batch = crashed.to_string();
     record.submission.id = units[0].id.clone();
     record.submission.original = Some(units[0].original());
     queue.write_record(&record).unwrap();
-    fs::write(queue.batch_outbox(crashed).join(".r1.py.json.999.tmp"), "{\"sta").unwrap();
+    fs::write(
+        queue.batch_outbox(crashed).join(".r1.py.json.999.tmp"),
+        "{\"sta",
+    )
+    .unwrap();
     drop(queue);
     let calls_before = servers.requests();
 
@@ -232,14 +283,22 @@ async fn resumes_claimed_work_after_crash_without_grading_anything_twice() {
     assert_eq!(outcomes.len(), 1);
     assert!(outcomes[0].resumed);
     assert_eq!(outcomes[0].batch, crashed);
-    assert_eq!(servers.requests(), calls_before + 6, "r1, r2 and r3 graded; r0 was done");
+    assert_eq!(
+        servers.requests(),
+        calls_before + 6,
+        "r1, r2 and r3 graded; r0 was done"
+    );
     let records = class.records();
     for n in 0..4 {
         record_for(&records, &format!("r{n}.py"));
         record_for(&records, &format!("s{n}.py"));
     }
     assert!(class.claimed().is_empty());
-    assert!(class.stray_outbox_files().is_empty(), "{:?}", class.stray_outbox_files());
+    assert!(
+        class.stray_outbox_files().is_empty(),
+        "{:?}",
+        class.stray_outbox_files()
+    );
     assert_ne!(batch, crashed);
 }
 
@@ -249,8 +308,16 @@ async fn a_second_tandem_on_the_same_state_folder_is_refused() {
     let class = Class::new(&servers, "");
     let _first = Queue::open(&class.config().paths).unwrap();
     let display = Arc::new(LiveDisplay::new(Box::new(std::io::sink())));
-    let error = batch::run(class.config(), RunOptions::default(), display, CancellationToken::new())
-        .await
-        .unwrap_err();
-    assert!(error.to_string().contains("locked by another tandem"), "{error}");
+    let error = batch::run(
+        class.config(),
+        RunOptions::default(),
+        display,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("locked by another tandem"),
+        "{error}"
+    );
 }

@@ -101,7 +101,10 @@ fn inputs() -> Vec<Input> {
                     format!("group {i}"),
                     vec![
                         ("analysis.py".into(), script(i).into_bytes()),
-                        ("notes/summary.md".into(), format!("# Group {i}\nDone.").into_bytes()),
+                        (
+                            "notes/summary.md".into(),
+                            format!("# Group {i}\nDone.").into_bytes(),
+                        ),
                     ],
                 ),
                 _ if i % 40 == 9 => Input::File(canvas("py"), Vec::new()),
@@ -110,7 +113,10 @@ fn inputs() -> Vec<Input> {
                     notebook(&format!("print({i})")).into_bytes(),
                 ),
                 _ if i % 3 == 1 => Input::File(canvas("py"), script(i).into_bytes()),
-                _ => Input::File(canvas("md"), format!("# Answer {i}\nNorth leads.").into_bytes()),
+                _ => Input::File(
+                    canvas("md"),
+                    format!("# Answer {i}\nNorth leads.").into_bytes(),
+                ),
             }
         })
         .collect()
@@ -199,8 +205,12 @@ async fn every_input_survives_twenty_kills_in_exactly_one_record() {
         assert!(
             matches!(status.code(), Some(0) | Some(3)),
             "tandem exited with {status}; {context}\n{}",
-            fs::read_to_string(class.root().join(format!("round-{:02}.log", KILLS + finals)))
-                .unwrap_or_default()
+            fs::read_to_string(
+                class
+                    .root()
+                    .join(format!("round-{:02}.log", KILLS + finals))
+            )
+            .unwrap_or_default()
         );
         if walk(&class.inbox()).is_empty() && class.claimed().is_empty() {
             break;
@@ -212,7 +222,11 @@ async fn every_input_survives_twenty_kills_in_exactly_one_record() {
     let mut problems = Vec::new();
     for input in &inputs {
         let found = by_input.get(input.name()).map_or(&[][..], Vec::as_slice);
-        let expected = if input.name().ends_with(".zip") { ZIP_STUDENTS } else { 1 };
+        let expected = if input.name().ends_with(".zip") {
+            ZIP_STUDENTS
+        } else {
+            1
+        };
         if found.len() != expected {
             problems.push(format!("{}: {} records", input.name(), found.len()));
             continue;
@@ -251,14 +265,28 @@ async fn every_input_survives_twenty_kills_in_exactly_one_record() {
     }
     for batch in queue_support::sorted_children(&class.outbox()) {
         let name = batch.file_name().unwrap().to_string_lossy().into_owned();
-        if !class.root().join("reports").join(&name).join("submissions.csv").is_file() {
+        if !class
+            .root()
+            .join("reports")
+            .join(&name)
+            .join("submissions.csv")
+            .is_file()
+        {
             problems.push(format!("batch {name} has no reports"));
         }
     }
-    let failed = records.iter().filter(|r| r.status == Status::Failed).count();
-    let broken = inputs.iter().filter(|i| matches!(i, Input::File(_, b) if b.is_empty())).count();
+    let failed = records
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .count();
+    let broken = inputs
+        .iter()
+        .filter(|i| matches!(i, Input::File(_, b) if b.is_empty()))
+        .count();
     if failed != broken {
-        problems.push(format!("{failed} failed records for {broken} broken inputs"));
+        problems.push(format!(
+            "{failed} failed records for {broken} broken inputs"
+        ));
     }
     eprintln!(
         "{INPUTS} inputs, {} records, {KILLS} kills ({killed_running} while tandem ran), \

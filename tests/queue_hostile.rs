@@ -17,9 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 async fn run(class: &Class) -> Vec<ResultRecord> {
     let display = Arc::new(LiveDisplay::new(Box::new(std::io::sink())));
-    batch::run(class.config(), RunOptions::default(), display, CancellationToken::new())
-        .await
-        .expect("the run finishes");
+    batch::run(
+        class.config(),
+        RunOptions::default(),
+        display,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the run finishes");
     class.records()
 }
 
@@ -31,8 +36,16 @@ fn assert_failed(class: &Class, records: &[ResultRecord], name: &str, kind: &str
     let error = record.error.as_ref().unwrap();
     assert_eq!(error.kind, kind, "{name}: {}", error.message);
     assert!(error.message.contains(name), "{name}: {}", error.message);
-    assert!(!error.message.contains(".tandem"), "{name}: {}", error.message);
-    assert_eq!(fs::read(class.original(record)).unwrap(), bytes, "{name} kept");
+    assert!(
+        !error.message.contains(".tandem"),
+        "{name}: {}",
+        error.message
+    );
+    assert_eq!(
+        fs::read(class.original(record)).unwrap(),
+        bytes,
+        "{name} kept"
+    );
 }
 
 #[tokio::test]
@@ -46,7 +59,9 @@ async fn broken_files_each_end_in_a_failure_record_naming_the_file_and_the_probl
         notebook("x = 1"),
         notebook("x = 2")
     );
-    let mut png = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D];
+    let mut png = vec![
+        0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D,
+    ];
     png.extend((0..600u32).map(|i| (i * 7 % 256) as u8));
     let mut latin1 = b"# r\xe9sum\xe9 of the analysis\nprint('d\xe9j\xe0 vu')\n".to_vec();
     latin1.extend(b"x = 1\n");
@@ -54,10 +69,18 @@ async fn broken_files_each_end_in_a_failure_record_naming_the_file_and_the_probl
         ("empty.py", "empty", Vec::new()),
         ("photo.py", "binary", png),
         ("latin1.py", "not_utf8", latin1),
-        ("truncated.ipynb", "malformed_notebook", truncated.as_bytes().to_vec()),
+        (
+            "truncated.ipynb",
+            "malformed_notebook",
+            truncated.as_bytes().to_vec(),
+        ),
         ("conflict.ipynb", "merge_conflict", conflicted.into_bytes()),
         ("huge.py", "too_large", script(0).repeat(200).into_bytes()),
-        ("slides.pptx", "unsupported_type", b"PK\x03\x04 not really".to_vec()),
+        (
+            "slides.pptx",
+            "unsupported_type",
+            b"PK\x03\x04 not really".to_vec(),
+        ),
     ];
     for (name, _, bytes) in &cases {
         class.drop_file(name, bytes);
@@ -70,7 +93,11 @@ async fn broken_files_each_end_in_a_failure_record_naming_the_file_and_the_probl
     for (name, kind, bytes) in &cases {
         assert_failed(&class, &records, name, kind, bytes);
     }
-    assert_eq!(record_for(&records, "fine.py").status, Status::Graded, "the batch went on");
+    assert_eq!(
+        record_for(&records, "fine.py").status,
+        Status::Graded,
+        "the batch went on"
+    );
     assert!(class.claimed().is_empty());
 }
 
@@ -116,11 +143,15 @@ async fn odd_names_are_graded_under_safe_ids_and_kept_as_dropped() {
         assert_eq!(record.submission.files, vec![name.to_string()]);
         let id = &record.submission.id;
         assert!(
-            id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            id.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
                 && !id.starts_with(['.', '-']),
             "{name:?} has id {id:?}"
         );
-        assert_eq!(fs::read_to_string(class.original(record)).unwrap(), script(n));
+        assert_eq!(
+            fs::read_to_string(class.original(record)).unwrap(),
+            script(n)
+        );
     }
 }
 
@@ -141,9 +172,21 @@ async fn a_link_pointing_outside_the_inbox_is_never_followed() {
     assert!(error.message.contains("innocent.py") && error.message.contains("link"));
     assert_eq!(servers.requests(), 0, "nothing was sent to a model");
     let kept = class.original(record);
-    assert!(fs::symlink_metadata(&kept).unwrap().file_type().is_symlink());
-    assert_eq!(fs::read_link(&kept).unwrap(), secret, "the link itself is kept");
-    assert_eq!(fs::read_to_string(&secret).unwrap(), "API_KEY = 'do not send'\n");
+    assert!(
+        fs::symlink_metadata(&kept)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_link(&kept).unwrap(),
+        secret,
+        "the link itself is kept"
+    );
+    assert_eq!(
+        fs::read_to_string(&secret).unwrap(),
+        "API_KEY = 'do not send'\n"
+    );
 }
 
 #[tokio::test]
@@ -164,13 +207,20 @@ async fn a_notebook_still_being_written_is_taken_only_once_complete() {
             fs::write(&path, whole).unwrap();
         })
     };
-    let first = inbox::stable_entries(dir.path(), settle, 1 << 20).await.unwrap();
+    let first = inbox::stable_entries(dir.path(), settle, 1 << 20)
+        .await
+        .unwrap();
     writer.await.unwrap();
     assert!(first.is_empty(), "half a notebook was taken: {first:?}");
 
-    let second = inbox::stable_entries(dir.path(), settle, 1 << 20).await.unwrap();
+    let second = inbox::stable_entries(dir.path(), settle, 1 << 20)
+        .await
+        .unwrap();
     assert_eq!(second.len(), 1);
-    assert_eq!(fs::read_to_string(&second[0].path).unwrap().len(), head.len() + tail.len());
+    assert_eq!(
+        fs::read_to_string(&second[0].path).unwrap().len(),
+        head.len() + tail.len()
+    );
 }
 
 #[tokio::test]
@@ -179,7 +229,13 @@ async fn a_notebook_that_never_parses_is_taken_after_its_grace_period() {
     fs::write(dir.path().join("broken.ipynb"), "{\"cells\": [").unwrap();
     let settle = Duration::from_millis(50);
     let started = std::time::Instant::now();
-    let taken = inbox::stable_entries(dir.path(), settle, 1 << 20).await.unwrap();
-    assert_eq!(taken.len(), 1, "a broken notebook is taken to fail with a record");
+    let taken = inbox::stable_entries(dir.path(), settle, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.len(),
+        1,
+        "a broken notebook is taken to fail with a record"
+    );
     assert!(started.elapsed() >= settle * inbox::UNPARSED_GRACE_FACTOR);
 }

@@ -38,7 +38,13 @@ impl Session {
             });
         });
         let display = Arc::new(LiveDisplay::new(Box::new(std::io::sink())));
-        let task = tokio::spawn(watch(class.config(), options, display, cancel.clone(), on_batch));
+        let task = tokio::spawn(watch(
+            class.config(),
+            options,
+            display,
+            cancel.clone(),
+            on_batch,
+        ));
         let task = tokio::spawn(async move { task.await.unwrap().expect("watch runs") });
         Session {
             cancel,
@@ -90,10 +96,16 @@ async fn files_that_arrive_together_form_a_batch_closed_after_the_quiet_period()
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let second = session.next_batch().await;
-    assert!(dropped_at.elapsed() >= Duration::from_millis(600), "closed before the quiet period");
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(600),
+        "closed before the quiet period"
+    );
     assert_eq!(second.records.len(), 3, "the three arrivals form one batch");
     assert!(second.records.iter().all(|r| r.status == Status::Graded));
-    assert!(second.reports.submissions.is_file(), "the batch is reported");
+    assert!(
+        second.reports.submissions.is_file(),
+        "the batch is reported"
+    );
     assert_ne!(first.batch, second.batch);
 
     let summary = session.stop().await;
@@ -162,14 +174,22 @@ async fn stopping_leaves_every_submission_finished_or_resumable() {
     assert!(class.stray_outbox_files().is_empty());
 
     let display = Arc::new(LiveDisplay::new(Box::new(std::io::sink())));
-    let resumed = batch::run(class.config(), RunOptions::default(), display, CancellationToken::new())
-        .await
-        .unwrap();
+    let resumed = batch::run(
+        class.config(),
+        RunOptions::default(),
+        display,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert!(resumed[0].resumed);
     let records = class.records();
     assert_eq!(records.len(), 6, "{:?}", statuses(&records));
     for n in 0..6 {
-        assert_eq!(record_for(&records, &format!("s{n}.py")).status, Status::Graded);
+        assert_eq!(
+            record_for(&records, &format!("s{n}.py")).status,
+            Status::Graded
+        );
     }
     assert!(class.claimed().is_empty());
 }

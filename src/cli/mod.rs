@@ -167,9 +167,7 @@ async fn run(config_path: &std::path::Path, wait: Duration, regrade: bool) -> Re
         ..RunOptions::default()
     };
 
-    let outcomes = match batch::run(config.clone(), options, display.clone(), cancel)
-    .await
-    {
+    let outcomes = match batch::run(config.clone(), options, display.clone(), cancel).await {
         Ok(outcomes) => outcomes,
         Err(BatchError::Interrupted) => {
             eprintln!("tandem: {}", BatchError::Interrupted);

@@ -10,7 +10,9 @@ use tandem::batch::{BatchError, RunOptions};
 use tandem::progress::LiveDisplay;
 use tandem::watch::WatchOptions;
 
-use super::{EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, cancel_on_ctrl_c, prepare, print_outcome};
+use super::{
+    EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, cancel_on_ctrl_c, prepare, print_outcome,
+};
 
 /// The flags of `tandem watch`.
 #[derive(Debug, Args)]

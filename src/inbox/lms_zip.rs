@@ -218,10 +218,8 @@ pub fn expand(
         source,
     })?;
     let zip_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut archive = ::zip::ZipArchive::new(file).map_err(|source| ZipError::Unreadable {
-        zip: zip(),
-        source,
-    })?;
+    let mut archive = ::zip::ZipArchive::new(file)
+        .map_err(|source| ZipError::Unreadable { zip: zip(), source })?;
     if archive.len() > limits.max_entries {
         return Err(ZipError::TooManyEntries {
             zip: zip(),
@@ -234,7 +232,10 @@ pub fn expand(
     let kept = unwrap_single_root(kept);
     let (groups, superseded_entries) = group_by_student(kept);
     if groups.is_empty() && superseded_entries.is_empty() {
-        return Err(ZipError::Empty { zip: zip(), skipped });
+        return Err(ZipError::Empty {
+            zip: zip(),
+            skipped,
+        });
     }
 
     fs::create_dir_all(dest).map_err(|source| ZipError::Write {
@@ -442,7 +443,9 @@ fn unwrap_single_root(mut kept: Vec<Kept>) -> Vec<Kept> {
     let Some(first) = kept.first().map(|k| k.parts[0].clone()) else {
         return kept;
     };
-    let wraps_all = kept.iter().all(|k| k.parts.len() > 1 && k.parts[0] == first);
+    let wraps_all = kept
+        .iter()
+        .all(|k| k.parts.len() > 1 && k.parts[0] == first);
     if wraps_all && parse_lms_name(&first).is_none() {
         for k in &mut kept {
             k.parts.remove(0);
@@ -496,7 +499,10 @@ fn group_by_student(kept: Vec<Kept>) -> (Vec<Group>, Vec<(Kept, String, String, 
                 let original = lms.original_name.clone().unwrap_or_default();
                 let rank = (
                     lms.resubmission.unwrap_or(0),
-                    lms.file_id.as_deref().and_then(|f| f.parse().ok()).unwrap_or(0),
+                    lms.file_id
+                        .as_deref()
+                        .and_then(|f| f.parse().ok())
+                        .unwrap_or(0),
                     k.name.clone(),
                 );
                 let slot = newest.entry(original).or_insert_with(|| rank.clone());
@@ -505,15 +511,16 @@ fn group_by_student(kept: Vec<Kept>) -> (Vec<Group>, Vec<(Kept, String, String, 
                 }
             }
         }
-        let (keep, older): (Vec<Kept>, Vec<Kept>) = group.files.into_iter().partition(|k| {
-            match canvas_file(k) {
+        let (keep, older): (Vec<Kept>, Vec<Kept>) =
+            group.files.into_iter().partition(|k| match canvas_file(k) {
                 Some(lms) => newest[&lms.original_name.clone().unwrap_or_default()].2 == k.name,
                 None => true,
-            }
-        });
+            });
         for k in older {
             let lms = canvas_file(&k).expect("only Canvas files are superseded");
-            let by = newest[&lms.original_name.clone().unwrap_or_default()].2.clone();
+            let by = newest[&lms.original_name.clone().unwrap_or_default()]
+                .2
+                .clone();
             superseded.push((k, group.label.clone(), by, lms));
         }
         group.files = keep;

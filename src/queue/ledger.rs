@@ -98,7 +98,12 @@ impl Ledger {
     }
 
     /// Enters a graded record, replacing any earlier entry for the same key (a regrade).
-    pub fn enter(&self, identity: &str, sha256: &str, record: &RecordRef) -> Result<(), QueueError> {
+    pub fn enter(
+        &self,
+        identity: &str,
+        sha256: &str,
+        record: &RecordRef,
+    ) -> Result<(), QueueError> {
         let entry = LedgerEntry {
             identity: identity.to_string(),
             sha256: sha256.to_string(),

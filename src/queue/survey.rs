@@ -92,15 +92,9 @@ pub enum Action {
         naming: Naming,
     },
     /// Record it as a duplicate of an earlier record.
-    Duplicate {
-        of: RecordRef,
-        info: SubmissionInfo,
-    },
+    Duplicate { of: RecordRef, info: SubmissionInfo },
     /// Record it as superseded by a newer resubmission.
-    Superseded {
-        by: RecordRef,
-        info: SubmissionInfo,
-    },
+    Superseded { by: RecordRef, info: SubmissionInfo },
     /// Record why it cannot be graded.
     Fail {
         kind: String,
@@ -156,7 +150,9 @@ pub fn survey(
         units[item.unit].remaining += 1;
     }
 
-    items.par_iter_mut().for_each(|item| read_item(item, &settings.limits));
+    items
+        .par_iter_mut()
+        .for_each(|item| read_item(item, &settings.limits));
     decide(batch, ledger, settings.regrade, &mut items);
 
     // Records that need no call go first, so that they are written at once; then the larger
@@ -170,7 +166,9 @@ pub fn survey(
 
 fn is_zip(path: &Path) -> bool {
     let is_file = fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
-    let extension = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    let extension = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
     is_file && extension.as_deref() == Some("zip")
 }
 
@@ -259,7 +257,12 @@ fn zip_items(
         Ok(expansion) => expansion,
         Err(error) => {
             tracing::warn!(zip = %unit.name, %error, "cannot unpack");
-            let info = unknown_info(&unit.id, vec![unit.name.clone()], zip_bytes, Default::default());
+            let info = unknown_info(
+                &unit.id,
+                vec![unit.name.clone()],
+                zip_bytes,
+                Default::default(),
+            );
             let action = Action::Fail {
                 kind: error.kind().to_string(),
                 message: error.to_string(),
@@ -279,7 +282,11 @@ fn zip_items(
         with: format!("{}: ", unit.name),
     };
     for member in &expansion.members {
-        let id = format!("{}{MEMBER_SEPARATOR}{}", unit.id, submission::slug(&member.label));
+        let id = format!(
+            "{}{MEMBER_SEPARATOR}{}",
+            unit.id,
+            submission::slug(&member.label)
+        );
         id_of_label.insert(member.label.clone(), id.clone());
         let student = member.lms.as_ref().map(|l| l.student()).unwrap_or_default();
         let display = format!("{}/{}", unit.name, member.label);
@@ -303,7 +310,11 @@ fn zip_items(
         items.push(item);
     }
     for old in &expansion.superseded {
-        let id = format!("{}{MEMBER_SEPARATOR}{}", unit.id, submission::slug(&old.entry));
+        let id = format!(
+            "{}{MEMBER_SEPARATOR}{}",
+            unit.id,
+            submission::slug(&old.entry)
+        );
         let by = RecordRef::new(&unit.batch, &id_of_label[&old.label]);
         let mut info = unknown_info(&id, vec![old.entry.clone()], old.bytes, old.lms.student());
         info.sha256 = old.sha256.clone();
@@ -315,7 +326,9 @@ fn zip_items(
 }
 
 fn format_name(file: &str) -> String {
-    let extension = Path::new(file).extension().map(|e| e.to_string_lossy().into_owned());
+    let extension = Path::new(file)
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned());
     extension
         .and_then(|e| Format::from_extension(&e))
         .map_or("unknown", Format::as_str)

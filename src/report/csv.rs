@@ -199,9 +199,18 @@ pub fn submission_row(record: &ResultRecord) -> SubmissionRow {
 }
 
 fn refers_to(links: &crate::record::Links) -> String {
-    let duplicate = links.duplicate_of.iter().map(|r| format!("duplicate_of {}", r.path));
-    let superseded = links.superseded_by.iter().map(|r| format!("superseded_by {}", r.path));
-    let identical = links.identical_to.iter().map(|r| format!("identical_to {}", r.path));
+    let duplicate = links
+        .duplicate_of
+        .iter()
+        .map(|r| format!("duplicate_of {}", r.path));
+    let superseded = links
+        .superseded_by
+        .iter()
+        .map(|r| format!("superseded_by {}", r.path));
+    let identical = links
+        .identical_to
+        .iter()
+        .map(|r| format!("identical_to {}", r.path));
     let all: Vec<String> = duplicate.chain(superseded).chain(identical).collect();
     all.join(";")
 }

@@ -161,8 +161,13 @@ settle_seconds = 0
 
     /// The original bytes the state folder keeps for a record.
     pub fn original(&self, record: &ResultRecord) -> PathBuf {
-        self.state()
-            .join(record.submission.original.as_ref().expect("records name their original"))
+        self.state().join(
+            record
+                .submission
+                .original
+                .as_ref()
+                .expect("records name their original"),
+        )
     }
 
     /// Entries still claimed in the state folder.
@@ -176,7 +181,10 @@ pub fn record_for<'a>(records: &'a [ResultRecord], name: &str) -> &'a ResultReco
     let found: Vec<&ResultRecord> = records
         .iter()
         .filter(|r| {
-            r.submission.original.as_deref().is_some_and(|o| o.ends_with(&format!("/{name}")))
+            r.submission
+                .original
+                .as_deref()
+                .is_some_and(|o| o.ends_with(&format!("/{name}")))
         })
         .collect();
     assert_eq!(found.len(), 1, "records for {name}: {found:#?}");
