@@ -192,6 +192,7 @@ impl Grader {
         batch: &str,
     ) -> Result<Option<BatchOutcome>, BatchError> {
         let config = &self.plan.config;
+        queue.sync_claims()?;
         queue.remove_temporaries(batch, &config.paths.reports)?;
 
         let settings = survey::Settings {
@@ -211,6 +212,7 @@ impl Grader {
                 .expect("the survey never panics")?
         };
         let Survey { mut units, items } = surveyed;
+        tracing::info!(%batch, units = units.len(), records = items.len(), "batch surveyed");
         for work in units.iter().filter(|w| w.remaining == 0) {
             // Every record was written before an interruption; only the move was left.
             queue.archive(&work.unit)?;
@@ -345,18 +347,22 @@ impl Grader {
             }
             record.flags.sort();
             record.flags.dedup();
-            if record.status == Status::Graded && !meta.sha256.is_empty() {
-                // Entered before the record is written: an entry whose record is missing is
-                // ignored, while a record without its entry could be graded twice.
-                let at = RecordRef::new(batch, &record.submission.id);
-                ledger.enter(&meta.identity, &meta.sha256, &at)?;
-            }
-            queue.write_record(&record)?;
             let work = &mut units[meta.unit];
             work.remaining -= 1;
-            if work.remaining == 0 {
-                queue.archive(&work.unit)?;
-            }
+            let archive = (work.remaining == 0).then(|| work.unit.clone());
+            let record = {
+                let (queue, ledger) = (queue.clone(), ledger.clone());
+                // fsyncs take milliseconds each: off the async workers that stream the calls.
+                tokio::task::spawn_blocking(move || {
+                    write_record(&queue, &ledger, &meta.identity, &meta.sha256, &record)?;
+                    if let Some(unit) = archive {
+                        queue.archive(&unit)?;
+                    }
+                    Ok::<_, QueueError>(record)
+                })
+                .await
+                .expect("writing a record never panics")?
+            };
             self.display.submission_finished(&record);
         }
         if self.cancel.is_cancelled() {
@@ -368,6 +374,23 @@ impl Grader {
         let _ = scheduling.await;
         Ok(())
     }
+}
+
+/// Writes a record durably, entering it in the ledger first when it is a grade: an entry whose
+/// record is missing is ignored, while a record without its entry could be graded twice.
+fn write_record(
+    queue: &Queue,
+    ledger: &Ledger,
+    identity: &str,
+    sha256: &str,
+    record: &ResultRecord,
+) -> Result<(), QueueError> {
+    if record.status == Status::Graded && !sha256.is_empty() {
+        let at = RecordRef::new(&record.batch, &record.submission.id);
+        ledger.enter(identity, sha256, &at)?;
+    }
+    queue.write_record(record)?;
+    Ok(())
 }
 
 /// The flag on records whose bytes match another submitter's.

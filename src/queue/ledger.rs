@@ -9,8 +9,7 @@
 //! ```
 //!
 //! so that "was this graded before?" is one file read, and "who else handed in these bytes?"
-//! is one folder listing. Each file is written atomically (temporary file, fsync, rename, folder
-//! fsync), so a crash leaves either the old entry or the new one.
+//! is one folder listing. Each file is replaced by a rename, so a reader never sees half of one.
 //!
 //! An entry is written just before its graded record, and trusted only while that record
 //! exists and is graded with the same bytes: an entry whose record was never written (a crash
@@ -23,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{QueueError, replace_file, short_hash, sync_dir};
+use super::{QueueError, replace_file_unsynced, short_hash};
 use crate::record::{RecordRef, ResultRecord, Status};
 
 /// Most records of other students named as byte-identical to one submission.
@@ -109,19 +108,12 @@ impl Ledger {
             sha256: sha256.to_string(),
             record: record.clone(),
         };
-        let folder = self.folder(sha256);
-        let is_new = !folder.exists();
         let path = self.file(identity, sha256);
         let mut json = serde_json::to_vec_pretty(&entry).expect("ledger entries always serialise");
         json.push(b'\n');
-        replace_file(&path, &json)?;
-        if is_new {
-            // The folders were just created: make their names as durable as the file.
-            for dir in folder.ancestors().skip(1).take(2) {
-                sync_dir(dir)?;
-            }
-        }
-        Ok(())
+        // Not fsynced: an entry lost or left empty by a power cut is unreadable or points at
+        // nothing, and is ignored, which costs a regrade and never a lost record.
+        replace_file_unsynced(&path, &json)
     }
 
     fn is_graded(&self, record: &RecordRef, sha256: &str) -> bool {
