@@ -1,8 +1,12 @@
 //! The inbox: which of its entries are work, and which are ready to be taken.
 //!
-//! An entry is a file or a folder directly inside the inbox. Dotfiles and the temporaries of
-//! editors and downloads are never work. An entry is ready once its size and modification time
-//! have held over the settle time, so a file still being copied is left for a later look.
+//! An entry is a file, a folder (one student's files) or an LMS bulk-download zip (one
+//! submission per student, see [`lms_zip`]) directly inside the inbox. Dotfiles and the
+//! temporaries of editors and downloads are never work. An entry is ready once its size and
+//! modification time have held over the settle time and it is whole: its notebooks parse and its
+//! zips have their central directory ([`Watchlist`]). A file still being copied is left for a
+//! later look. Listing keeps only small metadata per entry, so an inbox of thousands is cheap to
+//! scan again and again.
 
 pub mod lms_zip;
 
@@ -57,7 +61,12 @@ pub fn list(inbox: &Path) -> std::io::Result<Vec<Entry>> {
             continue;
         }
         let path = item.path();
-        let meta = fs::symlink_metadata(&path)?;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            // Taken or removed since the folder was read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         let (bytes, modified) = if meta.is_dir() {
             measure_folder(&path)
         } else {

@@ -51,6 +51,11 @@ pub enum QueueError {
     Locked { path: PathBuf, pid: String },
     #[error("{path} already exists; it was not replaced")]
     Exists { path: PathBuf },
+    #[error(
+        "{inner} is inside the inbox {inbox}; tandem would take it for a submission. Put the \
+         outbox, reports and state folder beside the inbox"
+    )]
+    InsideInbox { inner: PathBuf, inbox: PathBuf },
 }
 
 fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> QueueError {
@@ -76,6 +81,19 @@ impl Queue {
     pub fn open(paths: &Paths) -> Result<Queue, QueueError> {
         for dir in [&paths.inbox, &paths.outbox, &paths.state] {
             fs::create_dir_all(dir).map_err(io_err(dir, "cannot create folder"))?;
+        }
+        let inbox = paths
+            .inbox
+            .canonicalize()
+            .map_err(io_err(&paths.inbox, "cannot resolve"))?;
+        for inner in [&paths.outbox, &paths.state, &paths.reports] {
+            let resolved = inner.canonicalize().unwrap_or_else(|_| inner.clone());
+            if resolved.starts_with(&inbox) {
+                return Err(QueueError::InsideInbox {
+                    inner: inner.clone(),
+                    inbox: paths.inbox.clone(),
+                });
+            }
         }
         for sub in ["claimed", "archive", "unpacked", "ledger"] {
             let dir = paths.state.join(sub);
@@ -618,6 +636,16 @@ mod tests {
         assert_eq!(fs::read_to_string(&first.path).unwrap(), "print(1)");
         assert_eq!(fs::read_to_string(&second.path).unwrap(), "print(2)");
         assert!(!second.id.contains(MEMBER_SEPARATOR));
+    }
+
+    #[test]
+    fn an_outbox_inside_the_inbox_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nested = paths(dir.path());
+        nested.outbox = nested.inbox.join("outbox");
+        let error = Queue::open(&nested).unwrap_err();
+        assert!(matches!(error, QueueError::InsideInbox { .. }), "{error}");
+        assert!(error.to_string().contains("inside the inbox"));
     }
 
     #[test]
