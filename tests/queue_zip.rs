@@ -337,3 +337,28 @@ async fn the_same_zip_dropped_again_is_all_duplicates() {
         statuses(&records)
     );
 }
+
+#[tokio::test]
+async fn entries_without_lms_names_are_each_their_own_submission() {
+    let servers = Servers::fast().await;
+    let class = Class::new(&servers, "");
+    let zip = zip_of(&[
+        ("class/Ana.py", script(1).into_bytes()),
+        ("class/ana.py", script(2).into_bytes()),
+        ("class/team b/main.py", script(3).into_bytes()),
+        ("class/team b/README.md", b"# Team B".to_vec()),
+    ]);
+    class.drop_file("projects.zip", &zip);
+
+    let records = run(&class).await;
+
+    assert_eq!(records.len(), 3, "{:?}", ids(&records));
+    assert!(records.iter().all(|r| r.status == Status::Graded));
+    let mut found = ids(&records);
+    found.sort();
+    assert_eq!(found[0], "projects.zip--ana.py");
+    assert!(found[1].starts_with("projects.zip--ana.py-"), "{found:?}");
+    assert_eq!(found[2], "projects.zip--team-b");
+    let team = by_id(&records, "projects.zip--team-b");
+    assert_eq!(team.submission.files, vec!["README.md", "main.py"]);
+}

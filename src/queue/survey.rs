@@ -139,7 +139,11 @@ pub fn survey(
     }
     let archived = queue.archived_units(batch)?;
     supersede_flat(&units, &archived, &mut items);
-    make_ids_unique(&mut items);
+    debug_assert_eq!(
+        items.iter().map(|i| &i.id).collect::<HashSet<_>>().len(),
+        items.len(),
+        "record ids are unique in a batch"
+    );
 
     let mut units: Vec<UnitWork> = units
         .into_iter()
@@ -277,16 +281,21 @@ fn zip_items(
 
     let mut items = Vec::new();
     let mut id_of_label: HashMap<String, String> = HashMap::new();
+    // Two labels may share a slug (`Ana.py`, `ana.py`); the later one gets a hash of its label.
+    let mut taken: HashSet<String> = HashSet::new();
+    let mut member_id = |name: &str| {
+        let mut id = format!("{}{MEMBER_SEPARATOR}{}", unit.id, submission::slug(name));
+        while !taken.insert(id.clone()) {
+            id = format!("{id}-{}", short_hash(name));
+        }
+        id
+    };
     let naming = Naming {
         strip: format!("{}/", dest.display()),
         with: format!("{}: ", unit.name),
     };
     for member in &expansion.members {
-        let id = format!(
-            "{}{MEMBER_SEPARATOR}{}",
-            unit.id,
-            submission::slug(&member.label)
-        );
+        let id = member_id(&member.label);
         id_of_label.insert(member.label.clone(), id.clone());
         let student = member.lms.as_ref().map(|l| l.student()).unwrap_or_default();
         let display = format!("{}/{}", unit.name, member.label);
@@ -310,11 +319,7 @@ fn zip_items(
         items.push(item);
     }
     for old in &expansion.superseded {
-        let id = format!(
-            "{}{MEMBER_SEPARATOR}{}",
-            unit.id,
-            submission::slug(&old.entry)
-        );
+        let id = member_id(&old.entry);
         let by = RecordRef::new(&unit.batch, &id_of_label[&old.label]);
         let mut info = unknown_info(&id, vec![old.entry.clone()], old.bytes, old.lms.student());
         info.sha256 = old.sha256.clone();
@@ -396,23 +401,6 @@ fn hash_file(path: &Path) -> (String, u64) {
     let mut hasher = Sha256::new();
     let bytes = std::io::copy(&mut file, &mut hasher).unwrap_or(0);
     (hex::encode(hasher.finalize()), bytes)
-}
-
-/// Gives zip members whose labels share a slug distinct ids, with a short hash of the label.
-fn make_ids_unique(items: &mut [Item]) {
-    let mut count: HashMap<String, usize> = HashMap::new();
-    for item in items.iter() {
-        *count.entry(item.id.clone()).or_default() += 1;
-    }
-    let mut seen: HashSet<String> = HashSet::new();
-    for item in items.iter_mut() {
-        if count[&item.id] > 1 && !seen.insert(item.id.clone()) {
-            item.id = format!("{}-{}", item.id, short_hash(&item.identity));
-            while !seen.insert(item.id.clone()) {
-                item.id = format!("{}-{}", item.id, short_hash(&item.id));
-            }
-        }
-    }
 }
 
 /// Reads a submission to be graded once, to learn its hash, size and submitter; what cannot be
