@@ -401,6 +401,7 @@ impl Queue {
 /// `claimed/BATCH/ID/`, and later in `archive/BATCH/ID/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit {
+    /// The batch it was claimed for.
     pub batch: String,
     /// Unique in the batch; the record id of a plain entry.
     pub id: String,

@@ -147,6 +147,7 @@ impl ZipError {
 pub struct Skipped {
     /// The entry's name as the zip lists it.
     pub entry: String,
+    /// Why: `a link`, `encrypted`, `an absolute path`, `a path with `..``, ...
     pub reason: &'static str,
 }
 
@@ -175,8 +176,11 @@ pub struct Superseded {
     pub label: String,
     /// The entry that supersedes it.
     pub by_entry: String,
+    /// What its Canvas name says about the student.
     pub lms: LmsName,
+    /// SHA-256 of its bytes.
     pub sha256: String,
+    /// Its uncompressed size.
     pub bytes: u64,
 }
 

@@ -36,7 +36,9 @@ use crate::submission::{self, Format, LoadLimits, parse_lms_name};
 /// What the survey needs to know beyond the queue.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Limits on each file read.
     pub limits: LoadLimits,
+    /// Limits on what an LMS zip may expand to.
     pub zip: ZipLimits,
     /// Grade duplicates again instead of pointing at the earlier record.
     pub regrade: bool,
@@ -53,6 +55,7 @@ pub struct Survey {
 /// A claimed unit and how many of its records are still to be written.
 #[derive(Debug)]
 pub struct UnitWork {
+    /// The claimed entry.
     pub unit: Unit,
     /// When it reaches zero the unit is archived.
     pub remaining: usize,
@@ -69,6 +72,7 @@ pub struct Item {
     pub identity: String,
     /// SHA-256 of its bytes; empty when it could not be read.
     pub sha256: String,
+    /// Its size in bytes; 0 when it could not be read.
     pub bytes: u64,
     /// Where its original is kept, relative to the state folder.
     pub original: String,
