@@ -147,7 +147,7 @@ impl ZipError {
 pub struct Skipped {
     /// The entry's name as the zip lists it.
     pub entry: String,
-    /// Why: `a link`, `encrypted`, `an absolute path`, `a path with `..``, ...
+    /// Why it was skipped: a link, encrypted, an absolute path, a path with `..`.
     pub reason: &'static str,
 }
 
