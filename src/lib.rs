@@ -9,8 +9,9 @@
 //! report ◀── diagnostics ◀── record (outbox JSON) ◀── grading ◀───────┘
 //! ```
 //!
-//! [`batch::run`] drives one batch end to end; [`grade_one`] grades a single submission with a
-//! given configuration and returns its record, for programs that embed tandem:
+//! [`batch::run`] drives one batch end to end and [`watch::watch`] keeps watching the inbox,
+//! batch after batch; [`grade_one`] grades a single submission with a given configuration and
+//! returns its record, for programs that embed tandem:
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -45,5 +46,6 @@ pub mod report;
 pub mod rubric;
 pub mod scheduler;
 pub mod submission;
+pub mod watch;
 
 pub use batch::grade_one;

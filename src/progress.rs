@@ -84,6 +84,14 @@ pub fn submission_line(record: &ResultRecord, done: usize, total: usize) -> Stri
             format!("❌ [{done}/{total}] failed {id}: {kind}: {message}")
         }
         Status::Duplicate => format!("♻️  [{done}/{total}] duplicate {id}: already graded"),
+        Status::Superseded => {
+            let by = record
+                .links
+                .superseded_by
+                .as_ref()
+                .map_or("", |r| r.id.as_str());
+            format!("⏭️  [{done}/{total}] superseded {id}: a newer resubmission is graded ({by})")
+        }
     }
 }
 
@@ -361,7 +369,7 @@ impl LiveDisplay {
             match record.status {
                 Status::Graded => state.graded += 1,
                 Status::Failed => state.failed += 1,
-                Status::Duplicate => state.duplicates += 1,
+                Status::Duplicate | Status::Superseded => state.duplicates += 1,
             }
             let progress = state.progress();
             let done = progress.done();

@@ -22,6 +22,8 @@ pub enum Status {
     Failed,
     /// The same bytes were already graded under the same grading configuration.
     Duplicate,
+    /// A newer resubmission of the same file by the same student was graded instead.
+    Superseded,
 }
 
 /// One submission's record, as written to the outbox.
@@ -51,6 +53,10 @@ pub struct ResultRecord {
     /// How the submission was graded: sampling settings, seeds sent, pseudonym used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grading: Option<GradingUsed>,
+    /// Other records this one points at: the earlier result of a duplicate, the resubmission
+    /// that superseded this one, other students' byte-identical work.
+    #[serde(flatten, default)]
+    pub links: Links,
     pub performance_diagnostics: PerformanceDiagnostics,
 }
 
@@ -82,6 +88,48 @@ pub struct GradingUsed {
     pub student_pseudonym: Option<String>,
     /// How many places in the submission's text named the student and were replaced.
     pub identities_replaced: usize,
+}
+
+/// Another record, by where it lives in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RecordRef {
+    pub batch: String,
+    pub id: String,
+    /// The record's file relative to the outbox, `BATCH/ID.json`.
+    pub path: String,
+}
+
+impl RecordRef {
+    /// The reference to record `id` of `batch`.
+    pub fn new(batch: &str, id: &str) -> RecordRef {
+        RecordRef {
+            batch: batch.to_string(),
+            id: id.to_string(),
+            path: format!("{batch}/{id}.json"),
+        }
+    }
+}
+
+/// The records a record points at; each key is left out of the JSON when it does not apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Links {
+    /// For a `duplicate`: the record of the earlier grade of the same bytes by the same student.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<RecordRef>,
+    /// For a `superseded` record: the record of the resubmission graded instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<RecordRef>,
+    /// Records of other students whose work is byte-identical to this one (flag
+    /// `identical_submission`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identical_to: Vec<RecordRef>,
+}
+
+impl Links {
+    /// Whether the record points at nothing.
+    pub fn is_empty(&self) -> bool {
+        self.duplicate_of.is_none() && self.superseded_by.is_none() && self.identical_to.is_empty()
+    }
 }
 
 /// What was graded: the files, their format and hash, and who handed them in.

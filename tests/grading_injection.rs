@@ -158,7 +158,9 @@ async fn an_obedient_model_never_grades_a_hostile_submission_past_the_rubric() {
                 assert!(record.grade.is_none());
                 refused += 1;
             }
-            Status::Duplicate => panic!("{id}: unexpected duplicate"),
+            Status::Duplicate | Status::Superseded => {
+                panic!("{id}: unexpected {:?}", record.status)
+            }
         }
     }
     // The model did obey: in-range demands became full marks (flagged for review), and

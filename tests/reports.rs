@@ -110,6 +110,7 @@ fn record(
         injection: Vec::new(),
         grading_key: "key".to_string(),
         grading: None,
+        links: Default::default(),
         performance_diagnostics: PerformanceDiagnostics {
             timestamp: at(30_000),
             calls,

@@ -7,6 +7,7 @@
 mod init;
 mod probe;
 mod report;
+mod watch;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -57,7 +58,14 @@ pub enum Command {
         /// Wait up to this many seconds for servers that are still starting.
         #[arg(long, value_name = "SECONDS", default_value_t = 0)]
         wait: u64,
+        /// Grade again submissions already graded under the same rubric, prompts and models,
+        /// instead of recording them as duplicates of the earlier result.
+        #[arg(long)]
+        regrade: bool,
     },
+    /// Keep watching the inbox; files that arrive together form a batch, graded and reported
+    /// once no new file has come for the quiet period.
+    Watch(watch::WatchArgs),
     /// Show a finished batch's figures from its files (the latest batch by default).
     Report {
         /// The batch id (its folder name in the outbox).
@@ -101,7 +109,10 @@ pub fn init_logging(verbose: u8) {
 /// Runs a command and returns its exit status.
 pub async fn dispatch(args: Args) -> u8 {
     let result = match args.command {
-        Command::Run { wait } => run(&args.config, Duration::from_secs(wait)).await,
+        Command::Run { wait, regrade } => {
+            run(&args.config, Duration::from_secs(wait), regrade).await
+        }
+        Command::Watch(watch_args) => watch::watch(&args.config, watch_args).await,
         Command::Report {
             batch,
             json,
@@ -124,16 +135,8 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| e.to_string())
 }
 
-async fn run(config_path: &std::path::Path, wait: Duration) -> Result<u8, String> {
-    let config = Arc::new(load_config(config_path)?);
-    let display = Arc::new(LiveDisplay::stderr());
-
-    let say = |line: &str| eprintln!("{line}");
-    let ready = tandem::backend::check_backends(&config, wait, &say)
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(backends = ?ready, "backends ready");
-
+/// A token cancelled by the first Ctrl-C; a second one quits at once.
+fn cancel_on_ctrl_c() -> CancellationToken {
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
@@ -145,15 +148,30 @@ async fn run(config_path: &std::path::Path, wait: Duration) -> Result<u8, String
             }
         }
     });
+    cancel
+}
 
-    let outcomes = match batch::run(
-        config.clone(),
-        RunOptions::default(),
-        display.clone(),
-        cancel,
-    )
-    .await
-    {
+/// Loads the configuration and waits for its backends, as `run` and `watch` both begin.
+async fn prepare(config_path: &std::path::Path, wait: Duration) -> Result<Arc<Config>, String> {
+    let config = Arc::new(load_config(config_path)?);
+    let say = |line: &str| eprintln!("{line}");
+    let ready = tandem::backend::check_backends(&config, wait, &say)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(backends = ?ready, "backends ready");
+    Ok(config)
+}
+
+async fn run(config_path: &std::path::Path, wait: Duration, regrade: bool) -> Result<u8, String> {
+    let config = prepare(config_path, wait).await?;
+    let display = Arc::new(LiveDisplay::stderr());
+    let cancel = cancel_on_ctrl_c();
+    let options = RunOptions {
+        regrade,
+        ..RunOptions::default()
+    };
+
+    let outcomes = match batch::run(config.clone(), options, display.clone(), cancel).await {
         Ok(outcomes) => outcomes,
         Err(BatchError::Interrupted) => {
             eprintln!("tandem: {}", BatchError::Interrupted);
@@ -172,23 +190,28 @@ async fn run(config_path: &std::path::Path, wait: Duration) -> Result<u8, String
     let mut any_failed = false;
     for outcome in &outcomes {
         any_failed |= outcome.failed() > 0;
-        eprintln!();
-        eprintln!(
-            "{}",
-            tandem::report::render_terminal_summary(&outcome.summary)
-        );
-        eprintln!(
-            "Batch {}: {} graded, {} failed. Records in {}, reports in {}",
-            outcome.batch,
-            outcome.records.len() - outcome.failed(),
-            outcome.failed(),
-            config.paths.outbox.join(&outcome.batch).display(),
-            outcome.reports.dir.display(),
-        );
+        print_outcome(&config, outcome);
     }
     Ok(if any_failed {
         EXIT_SOME_FAILED
     } else {
         EXIT_OK
     })
+}
+
+/// The terminal summary of a finished batch and where its files are.
+fn print_outcome(config: &Config, outcome: &batch::BatchOutcome) {
+    eprintln!();
+    eprintln!(
+        "{}",
+        tandem::report::render_terminal_summary(&outcome.summary)
+    );
+    eprintln!(
+        "Batch {}: {} graded, {} failed. Records in {}, reports in {}",
+        outcome.batch,
+        outcome.records.len() - outcome.failed(),
+        outcome.failed(),
+        config.paths.outbox.join(&outcome.batch).display(),
+        outcome.reports.dir.display(),
+    );
 }

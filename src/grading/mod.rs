@@ -438,6 +438,7 @@ pub fn assemble(
         injection,
         grading_key: plan.grading_key.clone(),
         grading: Some(used),
+        links: Default::default(),
         performance_diagnostics: diagnostics,
     }
 }
@@ -465,6 +466,7 @@ pub fn failed_before_grading(
         injection: Vec::new(),
         grading_key: plan.grading_key.clone(),
         grading: None,
+        links: Default::default(),
         performance_diagnostics: PerformanceDiagnostics {
             timestamp: crate::diagnostics::now(),
             calls: BTreeMap::new(),

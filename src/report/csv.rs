@@ -81,6 +81,9 @@ pub struct SubmissionRow {
     pub parallel_efficiency: Option<f64>,
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
+    /// The records this one points at: `duplicate_of BATCH/ID.json`, `superseded_by ...`,
+    /// `identical_to ...`, separated by `;`.
+    pub refers_to: String,
 }
 
 /// The fixed columns of `grades.csv`; one score column per criterion follows `max_score`, and
@@ -201,7 +204,25 @@ pub fn submission_row(record: &ResultRecord) -> SubmissionRow {
         parallel_efficiency: combined.map(|m| round3(m.parallel_efficiency)),
         error_kind: record.error.as_ref().map(|e| e.kind.clone()),
         error_message: record.error.as_ref().map(|e| e.message.clone()),
+        refers_to: refers_to(&record.links),
     }
+}
+
+fn refers_to(links: &crate::record::Links) -> String {
+    let duplicate = links
+        .duplicate_of
+        .iter()
+        .map(|r| format!("duplicate_of {}", r.path));
+    let superseded = links
+        .superseded_by
+        .iter()
+        .map(|r| format!("superseded_by {}", r.path));
+    let identical = links
+        .identical_to
+        .iter()
+        .map(|r| format!("identical_to {}", r.path));
+    let all: Vec<String> = duplicate.chain(superseded).chain(identical).collect();
+    all.join(";")
 }
 
 /// The batch's row of `reports/batches.csv`.
@@ -497,6 +518,7 @@ fn status_name(status: Status) -> &'static str {
         Status::Graded => "graded",
         Status::Failed => "failed",
         Status::Duplicate => "duplicate",
+        Status::Superseded => "superseded",
     }
 }
 

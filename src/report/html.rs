@@ -562,6 +562,7 @@ fn submissions_section(page: &mut String, records: &[&ResultRecord]) {
             Status::Graded => "graded",
             Status::Failed => "failed",
             Status::Duplicate => "duplicate",
+            Status::Superseded => "superseded",
         };
         let score = r.grade.as_ref().map_or(String::new(), |g| {
             format!("{} / {}", number(g.score), number(g.max_score))

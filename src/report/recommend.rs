@@ -447,6 +447,7 @@ mod tests {
             flags: Vec::new(),
             injection: Vec::new(),
             grading: None,
+            links: Default::default(),
             grading_key: "k".into(),
             performance_diagnostics: PerformanceDiagnostics {
                 timestamp: at(0),

@@ -208,6 +208,7 @@ pub fn night() -> Vec<ResultRecord> {
                 flags: Vec::new(),
                 injection: Vec::new(),
                 grading: None,
+                links: Default::default(),
                 grading_key: "key".to_string(),
                 performance_diagnostics: PerformanceDiagnostics {
                     timestamp: at(0),
@@ -294,6 +295,7 @@ pub fn night() -> Vec<ResultRecord> {
             },
             injection: Vec::new(),
             grading: None,
+            links: Default::default(),
             grading_key: "key".to_string(),
             performance_diagnostics: PerformanceDiagnostics {
                 timestamp: at(0),
