@@ -17,8 +17,8 @@ use crate::backend::client::CallOutcome;
 use crate::backend::{ChatRequest, Role};
 use crate::config::Config;
 use crate::record::{
-    CallRecord, CodeAnalysis, Feedback, Grade, PerformanceDiagnostics, RecordError, ResultRecord,
-    Status, SubmissionInfo,
+    CallRecord, CodeAnalysis, FailedCall, Feedback, Grade, PerformanceDiagnostics, RecordError,
+    ResultRecord, Status, SubmissionInfo,
 };
 use crate::rubric::Rubric;
 use crate::submission::Submission;
@@ -152,6 +152,8 @@ pub struct RoleResult {
     pub role: Role,
     /// The figures of the attempt that answered (present even when its reply was invalid).
     pub call: Option<CallRecord>,
+    /// The requests of a call that never answered, when any were sent.
+    pub failed_call: Option<FailedCall>,
     pub output: Result<RoleOutput, RoleFailure>,
 }
 
@@ -168,6 +170,7 @@ pub fn assemble(
 ) -> ResultRecord {
     let thresholds = &plan.config.thresholds;
     let mut calls = BTreeMap::new();
+    let mut failed_calls = BTreeMap::new();
     let mut grade = None;
     let mut analysis = None;
     let mut feedback = None;
@@ -176,6 +179,9 @@ pub fn assemble(
     for result in results {
         if let Some(call) = result.call {
             calls.insert(result.role, call);
+        }
+        if let Some(failed) = result.failed_call {
+            failed_calls.insert(result.role, failed);
         }
         match result.output {
             Ok(RoleOutput::CodeAnalysis {
@@ -215,6 +221,7 @@ pub fn assemble(
     let diagnostics = PerformanceDiagnostics {
         timestamp: crate::diagnostics::now(),
         calls,
+        failed_calls,
         combined_metrics: combined,
     };
 
@@ -285,6 +292,7 @@ pub fn failed_before_grading(
         performance_diagnostics: PerformanceDiagnostics {
             timestamp: crate::diagnostics::now(),
             calls: BTreeMap::new(),
+            failed_calls: BTreeMap::new(),
             combined_metrics: None,
         },
     }
