@@ -141,6 +141,8 @@ impl Lane {
                 .decode_tokens_per_second
                 .filter(|r| *r > 0.0)
                 .map(|r| 1.0 / r),
+            prompt_tokens: call.prompt_tokens,
+            time_to_first_token: call.time_to_first_token_seconds,
         };
         drop(ticket);
         let raised = match &self.limiter {

@@ -5,33 +5,43 @@
 //! limits, which is what makes it testable without a server.
 //!
 //! The raw duration of a call says little, since it grows with the length of the reply, so the
-//! limiter reads two length-normalised signals over a window of calls sent at one limit:
+//! limiter reads length-normalised signals over a window of calls sent at one limit:
 //!
 //! - **output throughput**, by Little's law: with `L` calls kept in flight, the backend produces
 //!   `L × Σ output tokens / Σ call seconds` tokens per second. Call seconds run from the request
 //!   to the last token, so waiting in the server's own queue counts against the throughput.
 //! - **per-token decode time**, the median of `1 / decode_tokens_per_second` over the window.
+//! - **time to first token per prompt token**, which jumps when calls wait for a free slot on
+//!   the server: a limit above the server's own slots only queues calls there.
 //!
-//! It starts at one call, which gives the baseline, and doubles the limit after each window
-//! while the throughput rises by at least [`MIN_GAIN`] and the per-token decode time stays
-//! within [`LATENCY_TOLERANCE`] of the level it came from (slow start). The first step that does
-//! not pay is undone, and the limit is held there; after a few windows it probes one call more,
-//! and holds longer each time such a probe fails. A held level whose throughput falls or whose
-//! per-token time rises beyond those bounds is lowered by one and measured afresh, and a server
-//! that answers "busy" (HTTP 503 or 429) has its limit cut at once. The limit never leaves
-//! `1..=ceiling`.
+//! It starts at one call, which gives the baseline, and multiplies the limit by
+//! [`SLOW_START_FACTOR`] after each window while the step pays: output throughput rises by at
+//! least [`MIN_GAIN`], the per-token decode time rises by at most [`LATENCY_TOLERANCE`] per
+//! doubling of the limit, and calls do not start queueing on the server. A step that does not
+//! pay is bisected back towards the level that did, and the limit is held at the best level
+//! found; after a few windows it probes one call more, and holds longer each time such a probe
+//! fails. A held level whose throughput falls, whose per-token time rises or whose calls start
+//! queueing is lowered by one and measured afresh, and a server that answers "busy" (HTTP 503
+//! or 429) has its limit cut at once. The limit never leaves `1..=ceiling`.
 //!
 //! The latency tolerance applies per step, not against the single-call baseline: a server that
 //! batches sublinearly (aggregate rate k^0.7 with k calls decoding) slows each call by 23% per
-//! doubling while its output still rises by 62%, and a batch is judged on its output.
+//! doubling while its output still rises by 62% per doubling, and a batch is judged on its
+//! output. Against the baseline alone, 25% would stop such a server at two calls, at 61% of the
+//! output it gives at four.
 
 /// Least rise in output throughput for a higher limit to be kept (5%).
 pub const MIN_GAIN: f64 = 0.05;
-/// Largest rise in per-token decode time a step up may cause, relative to the level it came
-/// from (25%).
+/// Largest rise in per-token decode time a step up may cause per doubling of the limit (25%),
+/// relative to the level it came from.
 pub const LATENCY_TOLERANCE: f64 = 1.25;
+/// How much more the time to first token (per prompt token) may rise than the per-token decode
+/// time before calls are taken to be waiting in the server's queue.
+pub const QUEUE_TOLERANCE: f64 = 1.5;
 /// Fall in output throughput, relative to the held level's reference, that lowers the limit.
 pub const DEGRADATION: f64 = 0.15;
+/// The factor by which the limit grows after each window of slow start.
+pub const SLOW_START_FACTOR: usize = 4;
 /// Windows held after a step that did not pay, before probing one call more; doubled after each
 /// failed probe, up to [`MAX_HOLD_WINDOWS`].
 pub const HOLD_WINDOWS: u32 = 4;
@@ -54,6 +64,10 @@ pub struct Sample {
     pub seconds: f64,
     /// Seconds per token while decoding, `1 / decode_tokens_per_second`, where known.
     pub decode_seconds_per_token: Option<f64>,
+    /// Prompt tokens of the call.
+    pub prompt_tokens: u64,
+    /// Seconds from sending the request to its first token.
+    pub time_to_first_token: f64,
 }
 
 /// The figures of one limit, measured over a window of calls.
@@ -65,13 +79,17 @@ pub struct Level {
     pub throughput: f64,
     /// Median seconds per token while decoding.
     pub seconds_per_token: f64,
+    /// Seconds to the first token per prompt token (at least one token per call), over the
+    /// window: prefill, plus any wait for a slot on the server.
+    pub first_token_per_prompt_token: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Doubling after every window that pays.
+    /// Growing by [`SLOW_START_FACTOR`] after every window that pays.
     SlowStart,
-    /// Measuring one call more than the reference.
+    /// Measuring a level above the reference: one call more, or half way to a level that did
+    /// not pay.
     Probe,
     /// Staying at the reference's limit for this many more windows.
     Hold(u32),
@@ -83,6 +101,8 @@ struct Window {
     tokens: u64,
     seconds: f64,
     per_token: Vec<f64>,
+    first_token: f64,
+    prompt_tokens: u64,
 }
 
 /// The concurrency limit of one backend, adapted to how it answers.
@@ -91,6 +111,9 @@ pub struct Limiter {
     ceiling: usize,
     limit: usize,
     epoch: u64,
+    /// The last change raised the limit, so calls of the epoch before still in flight run at
+    /// the new level.
+    rose: bool,
     phase: Phase,
     /// The last level kept, which the next step is measured against.
     reference: Option<Level>,
@@ -105,6 +128,7 @@ impl Limiter {
             ceiling: ceiling.max(1),
             limit: 1,
             epoch: 0,
+            rose: false,
             phase: Phase::SlowStart,
             reference: None,
             window: Window::default(),
@@ -130,7 +154,10 @@ impl Limiter {
 
     /// Takes a finished call and returns the limit that follows.
     pub fn on_sample(&mut self, sample: Sample) -> usize {
-        let usable = sample.epoch == self.epoch
+        // A call sent just before a rise finishes with the new level's calls around it, and
+        // counts with them; one sent before a cut ran at the old, higher level.
+        let current = sample.epoch == self.epoch || (self.rose && sample.epoch + 1 == self.epoch);
+        let usable = current
             && sample.saturated
             && sample.output_tokens > 0
             && sample.seconds.is_finite()
@@ -148,6 +175,10 @@ impl Limiter {
         {
             w.per_token.push(per_token);
         }
+        if sample.time_to_first_token.is_finite() {
+            w.first_token += sample.time_to_first_token.max(0.0);
+        }
+        w.prompt_tokens += sample.prompt_tokens.max(1);
         if w.samples >= self.limit {
             let level = self.measure();
             self.decide(level);
@@ -181,6 +212,7 @@ impl Limiter {
             limit: self.limit,
             throughput,
             seconds_per_token,
+            first_token_per_prompt_token: w.first_token / w.prompt_tokens as f64,
         }
     }
 
@@ -195,13 +227,16 @@ impl Limiter {
                     self.reference = Some(level);
                     self.hold_windows = HOLD_WINDOWS;
                     self.step_up();
+                } else if level.limit > reference.limit + 1 {
+                    // Half way back: the best level may lie between the two.
+                    self.phase = Phase::Probe;
+                    let middle = reference.limit + (level.limit - reference.limit) / 2;
+                    self.set_limit(middle);
                 } else {
                     // Back to the level that paid; probe again later, and later still if this
-                    // was already a one-call probe.
+                    // was already a probe from a hold.
                     let hold = self.hold_windows;
-                    if self.phase == Phase::Probe {
-                        self.hold_windows = (self.hold_windows * 2).min(MAX_HOLD_WINDOWS);
-                    }
+                    self.hold_windows = (self.hold_windows * 2).min(MAX_HOLD_WINDOWS);
                     self.phase = Phase::Hold(hold);
                     self.set_limit(reference.limit);
                 }
@@ -220,6 +255,10 @@ impl Limiter {
                     limit: self.limit,
                     throughput: blend(reference.throughput, level.throughput),
                     seconds_per_token: blend(reference.seconds_per_token, level.seconds_per_token),
+                    first_token_per_prompt_token: blend(
+                        reference.first_token_per_prompt_token,
+                        level.first_token_per_prompt_token,
+                    ),
                 });
                 if left > 1 {
                     self.phase = Phase::Hold(left - 1);
@@ -239,14 +278,16 @@ impl Limiter {
             return;
         }
         let next = match self.phase {
-            Phase::SlowStart => self.limit * 2,
+            Phase::SlowStart => self.limit * SLOW_START_FACTOR,
             _ => self.limit + 1,
         };
         self.set_limit(next.min(self.ceiling));
     }
 
     fn set_limit(&mut self, limit: usize) {
-        self.limit = limit.clamp(1, self.ceiling);
+        let limit = limit.clamp(1, self.ceiling);
+        self.rose = limit > self.limit;
+        self.limit = limit;
         self.epoch += 1;
         self.window = Window::default();
     }
@@ -254,14 +295,26 @@ impl Limiter {
 
 /// Whether a higher level is worth its cost over the level it came from.
 fn pays(from: &Level, to: &Level) -> bool {
+    let doublings = (to.limit as f64 / from.limit as f64).log2().max(1.0);
+    let slower = to.seconds_per_token / from.seconds_per_token;
     to.throughput >= from.throughput * (1.0 + MIN_GAIN)
-        && to.seconds_per_token <= from.seconds_per_token * LATENCY_TOLERANCE
+        && slower <= LATENCY_TOLERANCE.powf(doublings)
+        && !queueing(from, to)
+}
+
+/// Whether calls at `now` wait for a slot on the server, which `before` did not: their first
+/// token comes much later while their decoding is hardly slower.
+fn queueing(before: &Level, now: &Level) -> bool {
+    let slower = (now.seconds_per_token / before.seconds_per_token).max(1.0);
+    now.first_token_per_prompt_token
+        > before.first_token_per_prompt_token * QUEUE_TOLERANCE * slower
 }
 
 /// Whether a held level now does clearly worse than it did.
 fn degraded(reference: &Level, now: &Level) -> bool {
     now.throughput < reference.throughput * (1.0 - DEGRADATION)
         || now.seconds_per_token > reference.seconds_per_token * LATENCY_TOLERANCE
+        || queueing(reference, now)
 }
 
 fn blend(old: f64, new: f64) -> f64 {
@@ -281,6 +334,8 @@ mod tests {
     }
 
     const TOKENS: u64 = 500;
+    const PROMPT_TOKENS: u64 = 800;
+    const PREFILL_SECONDS: f64 = 0.1;
 
     impl Server {
         /// The sample a call sent with `in_flight` calls kept in flight would give.
@@ -289,14 +344,18 @@ mod tests {
             let aggregate = self.rate * (self.curve)(decoding);
             let per_call = aggregate / decoding as f64;
             // Little's law: with `in_flight` calls always present, each lasts in_flight / X
-            // seconds per token of the server's output.
+            // seconds per token of the server's output; what is beyond its own decoding is
+            // spent waiting for a slot.
             let seconds = TOKENS as f64 * in_flight as f64 / aggregate;
+            let waiting = seconds - TOKENS as f64 / per_call;
             Sample {
                 epoch,
                 saturated: true,
                 output_tokens: TOKENS,
                 seconds,
                 decode_seconds_per_token: Some(1.0 / per_call),
+                prompt_tokens: PROMPT_TOKENS,
+                time_to_first_token: PREFILL_SECONDS + waiting.max(0.0),
             }
         }
     }
@@ -367,8 +426,8 @@ mod tests {
         let mut limiter = Limiter::new(8);
         let limits = run(&mut limiter, &server, 400);
         assert_eq!(settled(&limits, 200), 4, "{limits:?}");
-        // Slow start reaches the knee within the first few windows: 1, 2, 4.
-        assert_eq!(&limits[..3], &[2, 2, 4]);
+        // Slow start reaches the knee after the first call.
+        assert_eq!(limits[0], 4);
     }
 
     #[test]
@@ -396,10 +455,10 @@ mod tests {
     }
 
     #[test]
-    fn settles_within_one_call_of_a_knee_between_two_doublings() {
-        // Throughput rises up to three calls and is flat beyond. Four calls still bring half as
-        // much again as two, so slow start keeps 4; eight bring nothing more and are undone.
-        // One call waiting in the server's queue costs latency, not output.
+    fn finds_a_knee_between_two_steps_of_slow_start() {
+        // Three slots: at four calls one waits in the server's queue, so slow start's step from
+        // one to four is undone, two is measured half way, and probing one call at a time
+        // finds three.
         let server = Server {
             slots: 3,
             rate: 500.0,
@@ -407,9 +466,25 @@ mod tests {
         };
         let mut limiter = Limiter::new(16);
         let limits = run(&mut limiter, &server, 600);
-        let knee = settled(&limits, 300);
-        assert!((3..=4).contains(&knee), "{limits:?}");
-        assert!(limits[300..].iter().all(|&l| l <= 5), "{limits:?}");
+        assert_eq!(settled(&limits, 300), 3, "{limits:?}");
+        assert!(limits[300..].iter().all(|&l| l <= 4), "{limits:?}");
+    }
+
+    #[test]
+    fn does_not_keep_calls_waiting_in_the_servers_queue() {
+        // Four slots and a ceiling of eight: eight calls bring the same output as four, with
+        // four of them waiting; the limit comes back to four.
+        let server = Server {
+            slots: 4,
+            rate: 700.0,
+            curve: linear,
+        };
+        let mut limiter = Limiter::new(8);
+        let limits = run(&mut limiter, &server, 300);
+        assert!(limits.contains(&8), "{limits:?}");
+        assert_eq!(settled(&limits, 150), 4, "{limits:?}");
+        let reference = limiter.reference().unwrap();
+        assert_eq!(reference.limit, 4);
     }
 
     #[test]
@@ -492,7 +567,7 @@ mod tests {
         idle.saturated = false;
         assert_eq!(limiter.on_sample(idle), 1);
         assert!(limiter.reference().is_none());
-        assert_eq!(limiter.on_sample(server.sample(1, 0)), 2);
+        assert_eq!(limiter.on_sample(server.sample(1, 0)), 4);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! [`crate::record::FailedCall`] in the record.
 //!
 //! [`Policy::OneAtATime`] reproduces the original system for comparison: one submission at a
-//! time, its calls in parallel, each role on its first backend.
+//! time, its calls in parallel, each role on its own backend.
 
 pub mod breaker;
 mod lane;
@@ -47,7 +47,8 @@ use worker::Job;
 pub enum Policy {
     /// Work-conserving across submissions, every backend at its concurrency, roles shared.
     Tandem,
-    /// The original scheme: one submission at a time, each role on its first backend.
+    /// The original scheme: one submission at a time, its calls in parallel, each role on the
+    /// first backend whose first role it is (else the first that serves it).
     OneAtATime,
 }
 
@@ -281,13 +282,15 @@ impl Scheduler {
                 }
             }
             Policy::OneAtATime => {
-                // Each role's first backend, one call at a time; a backend first for both roles
-                // gets both calls of the submission at once, as the original system sent them.
+                // Each role on its own server, one call at a time: the first backend whose first
+                // role it is, else the first that serves it. A backend chosen for both roles gets
+                // both calls of the submission at once, as the original system sent them.
                 let mut firsts: Vec<(&BackendConfig, Vec<Role>)> = Vec::new();
                 for role in Role::ALL {
                     let b = config
                         .backends_for(role)
-                        .next()
+                        .find(|b| b.roles.first() == Some(&role))
+                        .or_else(|| config.backends_for(role).next())
                         .ok_or(SchedulerError::NoBackend(role))?;
                     match firsts.iter_mut().find(|(f, _)| f.name == b.name) {
                         Some((_, roles)) => roles.push(role),

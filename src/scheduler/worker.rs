@@ -33,8 +33,9 @@ pub(super) struct Job {
     pub retries: Vec<RetryNote>,
     /// Since when the call has been waiting for a backend.
     pub waiting_since: Instant,
-    /// The lane that failed this call last, which may take it again only after its backoff;
-    /// any other lane of the role may take it at once.
+    /// The lane that failed this call last, with the end of its backoff. Any other lane of
+    /// the role may take the call at once; this one only when no other is in service, and not
+    /// before the backoff has passed.
     pub avoid: Option<(usize, Instant)>,
 }
 
@@ -53,11 +54,18 @@ impl Job {
         }
     }
 
-    /// When `lane` may take this job.
-    fn ready_for(&self, lane: usize) -> Option<Instant> {
+    /// Whether `lane` may take this job now, given whether another lane of its role is in
+    /// service; `Err` holds when it may, if it ever may without another failure elsewhere.
+    fn ready_for(
+        &self,
+        lane: usize,
+        others_in_service: bool,
+        now: Instant,
+    ) -> Result<(), Option<Instant>> {
         match self.avoid {
-            Some((avoided, until)) if avoided == lane => Some(until),
-            _ => None,
+            Some((avoided, _)) if avoided == lane && others_in_service => Err(None),
+            Some((avoided, until)) if avoided == lane && until > now => Err(Some(until)),
+            _ => Ok(()),
         }
     }
 
@@ -107,28 +115,43 @@ fn next_job(shared: &Shared, lane: &Lane, slot: usize) -> Next {
     if slot >= lane.allowance() {
         return Next::Wait(IDLE_POLL);
     }
+    let others_in_service: Vec<bool> = lane
+        .roles
+        .iter()
+        .map(|role| {
+            shared.lanes.iter().any(|other| {
+                other.index != lane.index && other.roles.contains(role) && other.allowance() > 0
+            })
+        })
+        .collect();
     let mut soonest = IDLE_POLL;
-    for role in &lane.roles {
+    for (role, &others) in lane.roles.iter().zip(&others_in_service) {
         let Some(queue) = q.waiting.get_mut(role) else {
             continue;
         };
         let mut pick = None;
         for (i, job) in queue.iter().enumerate() {
-            match job.ready_for(lane.index) {
-                Some(until) if until > now => soonest = soonest.min(until - now),
-                _ => {
+            match job.ready_for(lane.index, others, now) {
+                Ok(()) => {
                     pick = Some(i);
                     break;
                 }
+                Err(Some(until)) => soonest = soonest.min(until - now),
+                Err(None) => {}
             }
         }
         if let Some(i) = pick {
             let job = queue.remove(i).expect("position is in range");
-            let more = lane.roles.iter().any(|r| {
-                q.waiting
-                    .get(r)
-                    .is_some_and(|w| w.iter().any(|j| j.ready_for(lane.index).is_none()))
-            });
+            let more = lane
+                .roles
+                .iter()
+                .zip(&others_in_service)
+                .any(|(r, &others)| {
+                    q.waiting.get(r).is_some_and(|w| {
+                        w.iter()
+                            .any(|j| j.ready_for(lane.index, others, now).is_ok())
+                    })
+                });
             return Next::Run(Box::new(job), more);
         }
     }
