@@ -438,10 +438,11 @@ async fn a_dual_role_server_takes_the_other_roles_work_when_its_own_runs_out() {
         .filter(|b| role_of(b) == Role::Feedback)
         .count();
     assert_eq!(helped, feedback_by["both"]);
-    // Its own role comes first: every code call was sent before it took its first feedback
-    // call that a free feedback server could have taken.
-    let code_calls = both
-        .bodies()
+    // Its own role comes first: with both roles' calls waiting at the start, it took a code
+    // call, and it made all of them.
+    let bodies = both.bodies();
+    assert_eq!(role_of(&bodies[0]), Role::CodeAnalysis);
+    let code_calls = bodies
         .iter()
         .filter(|b| role_of(b) == Role::CodeAnalysis)
         .count();
