@@ -210,6 +210,9 @@ pub struct PerformanceDiagnostics {
     pub timestamp: DateTime<FixedOffset>,
     /// The calls that finished, keyed by role (`code_analysis`, `feedback`).
     pub calls: BTreeMap<Role, CallRecord>,
+    /// The calls that ended without an answer, keyed by role, with every attempt they made.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_calls: BTreeMap<Role, FailedCall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub combined_metrics: Option<CombinedMetrics>,
 }
@@ -292,6 +295,21 @@ pub struct CallRecord {
     /// What went wrong on the attempts before the one that answered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retries: Vec<RetryNote>,
+}
+
+/// A call that ended without an answer: what each of its requests met.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedCall {
+    pub role: Role,
+    /// The backend of its last request.
+    pub server: String,
+    /// Requests sent for this call, the last one included.
+    pub attempts: u32,
+    /// What went wrong on the requests that were tried again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<RetryNote>,
+    /// What ended it: the last request's failure, or why no backend could take it.
+    pub last_error: RetryNote,
 }
 
 /// One failed attempt of a call that was tried again.

@@ -114,6 +114,7 @@ fn record(
         performance_diagnostics: PerformanceDiagnostics {
             timestamp: at(30_000),
             calls,
+            failed_calls: Default::default(),
             combined_metrics: combined,
         },
     }

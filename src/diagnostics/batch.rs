@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{categorise, rate, seconds_between};
 use crate::backend::Role;
 use crate::config::{Threshold, Thresholds};
-use crate::record::{CallRecord, Category, ResultRecord, Status};
+use crate::record::{CallRecord, Category, FailedCall, ResultRecord, Status};
 
 /// A batch's figures, per server and over the whole batch.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,11 +38,12 @@ pub struct BatchSummary {
     pub duplicates: u64,
     /// Calls that answered (one per role per submission that got that far).
     pub calls: u64,
-    /// Requests sent for those calls, counting retries.
+    /// Requests sent, counting retries and the requests of calls that never answered.
     pub attempts: u64,
     /// Failed submissions counted by their error's kind (`invalid_grade`, `http_status`, ...).
     pub failed_submissions_by_kind: BTreeMap<String, u64>,
-    /// Attempts that failed and were tried again, counted by the retry note's kind.
+    /// Attempts that failed and were tried again, counted by the retry note's kind, over calls
+    /// that answered and calls that did not.
     pub retried_attempts_by_kind: BTreeMap<String, u64>,
     /// One entry per server that answered or was tried, sorted by name.
     pub servers: Vec<ServerSummary>,
@@ -81,10 +82,8 @@ pub struct ServerSummary {
     pub calls: u64,
     /// Requests it was sent: the calls it answered plus the attempts that failed on it.
     pub requests: u64,
-    /// Attempts that failed on it, as named by retry notes.
-    ///
-    /// The final failure of a call that ran out of retries is recorded only as its
-    /// submission's error, which does not name a server, so it is not counted here.
+    /// Attempts that failed on it: those named by retry notes, and the last request of each call
+    /// that never answered.
     pub failures: u64,
     /// Σ prompt tokens over its calls.
     pub prompt_tokens: u64,
@@ -216,8 +215,15 @@ pub fn summarise(records: &[ResultRecord], thresholds: &Thresholds) -> BatchSumm
     // Sorting by send time makes "the server's earliest call" independent of record order.
     calls.sort_by(|a, b| (a.sent_at, &a.server, a.role).cmp(&(b.sent_at, &b.server, b.role)));
 
+    let failed_calls: Vec<&FailedCall> = records
+        .iter()
+        .filter(|r| r.status != Status::Duplicate)
+        .flat_map(|r| r.performance_diagnostics.failed_calls.values())
+        .collect();
+
     let mut retried_attempts_by_kind = BTreeMap::new();
-    for note in calls.iter().flat_map(|c| &c.retries) {
+    let answered_retries = calls.iter().flat_map(|c| &c.retries);
+    for note in answered_retries.chain(failed_calls.iter().flat_map(|f| &f.retries)) {
         *retried_attempts_by_kind
             .entry(note.kind.clone())
             .or_insert(0) += 1;
@@ -230,7 +236,7 @@ pub fn summarise(records: &[ResultRecord], thresholds: &Thresholds) -> BatchSumm
         _ => 0.0,
     };
 
-    let servers = server_summaries(&calls, wall, thresholds);
+    let servers = server_summaries(&calls, &failed_calls, wall, thresholds);
     let busy_seconds: f64 = servers.iter().map(|s| s.busy_seconds).sum();
     let output_tokens: u64 = calls.iter().map(|c| c.output_tokens).sum();
     let throughput = rate(output_tokens, wall);
@@ -244,7 +250,14 @@ pub fn summarise(records: &[ResultRecord], thresholds: &Thresholds) -> BatchSumm
         failed: count(Status::Failed),
         duplicates: count(Status::Duplicate),
         calls: calls.len() as u64,
-        attempts: calls.iter().map(|c| u64::from(c.attempts.max(1))).sum(),
+        attempts: calls
+            .iter()
+            .map(|c| u64::from(c.attempts.max(1)))
+            .sum::<u64>()
+            + failed_calls
+                .iter()
+                .map(|f| u64::from(f.attempts))
+                .sum::<u64>(),
         failed_submissions_by_kind,
         retried_attempts_by_kind,
         servers,
@@ -265,6 +278,7 @@ pub fn summarise(records: &[ResultRecord], thresholds: &Thresholds) -> BatchSumm
 /// Per-server figures, from calls sorted by send time.
 fn server_summaries(
     calls: &[&CallRecord],
+    failed_calls: &[&FailedCall],
     wall: f64,
     thresholds: &Thresholds,
 ) -> Vec<ServerSummary> {
@@ -274,6 +288,14 @@ fn server_summaries(
     for call in calls {
         answered.entry(call.server.as_str()).or_default().push(call);
         for note in &call.retries {
+            let entry = failed.entry(note.server.as_str()).or_default();
+            entry.0 += 1;
+            entry.1.insert(call.role);
+        }
+    }
+    for call in failed_calls {
+        let last = (call.attempts > 0).then_some(&call.last_error);
+        for note in call.retries.iter().chain(last) {
             let entry = failed.entry(note.server.as_str()).or_default();
             entry.0 += 1;
             entry.1.insert(call.role);

@@ -25,8 +25,8 @@ use crate::backend::client::CallOutcome;
 use crate::backend::{ChatRequest, Role};
 use crate::config::Config;
 use crate::record::{
-    CallRecord, CodeAnalysis, Feedback, Grade, GradingUsed, PerformanceDiagnostics, RecordError,
-    ResultRecord, Status, SubmissionInfo,
+    CallRecord, CodeAnalysis, FailedCall, Feedback, Grade, GradingUsed, PerformanceDiagnostics,
+    RecordError, ResultRecord, Status, SubmissionInfo,
 };
 use crate::rubric::Rubric;
 use crate::submission::Submission;
@@ -163,6 +163,7 @@ impl GradingPlan {
             _ => FollowUp::Skip(Box::new(RoleResult {
                 role: Role::Feedback,
                 call: None,
+                failed_call: None,
                 output: Err(RoleFailure {
                     role: Role::Feedback,
                     kind: SKIPPED.into(),
@@ -307,6 +308,8 @@ pub struct RoleResult {
     pub role: Role,
     /// The figures of the attempt that answered (present even when its reply was invalid).
     pub call: Option<CallRecord>,
+    /// The requests of a call that never answered, when any were sent.
+    pub failed_call: Option<FailedCall>,
     pub output: Result<RoleOutput, RoleFailure>,
 }
 
@@ -329,6 +332,7 @@ pub fn assemble(
     let prepared = plan.prepare(submission);
     let thresholds = &plan.config.thresholds;
     let mut calls = BTreeMap::new();
+    let mut failed_calls = BTreeMap::new();
     let mut grade = None;
     let mut analysis = None;
     let mut feedback = None;
@@ -337,6 +341,9 @@ pub fn assemble(
     for result in results {
         if let Some(call) = result.call {
             calls.insert(result.role, call);
+        }
+        if let Some(failed) = result.failed_call {
+            failed_calls.insert(result.role, failed);
         }
         match result.output {
             Ok(RoleOutput::CodeAnalysis {
@@ -394,6 +401,7 @@ pub fn assemble(
     let diagnostics = PerformanceDiagnostics {
         timestamp: crate::diagnostics::now(),
         calls,
+        failed_calls,
         combined_metrics: combined,
     };
 
@@ -470,6 +478,7 @@ pub fn failed_before_grading(
         performance_diagnostics: PerformanceDiagnostics {
             timestamp: crate::diagnostics::now(),
             calls: BTreeMap::new(),
+            failed_calls: BTreeMap::new(),
             combined_metrics: None,
         },
     }

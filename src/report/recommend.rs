@@ -452,6 +452,7 @@ mod tests {
             performance_diagnostics: PerformanceDiagnostics {
                 timestamp: at(0),
                 calls: calls.into_iter().map(|c| (c.role, c)).collect(),
+                failed_calls: Default::default(),
                 combined_metrics: None,
             },
         }

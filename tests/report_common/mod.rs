@@ -213,6 +213,7 @@ pub fn night() -> Vec<ResultRecord> {
                 performance_diagnostics: PerformanceDiagnostics {
                     timestamp: at(0),
                     calls: BTreeMap::new(),
+                    failed_calls: Default::default(),
                     combined_metrics: None,
                 },
             });
@@ -300,6 +301,7 @@ pub fn night() -> Vec<ResultRecord> {
             performance_diagnostics: PerformanceDiagnostics {
                 timestamp: at(0),
                 calls,
+                failed_calls: Default::default(),
                 combined_metrics: combined,
             },
         });
