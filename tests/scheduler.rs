@@ -543,7 +543,11 @@ async fn fails_over_to_another_backend_on_server_errors_and_busy_replies() {
         assert!(!notes.is_empty(), "{fault:?} was never met");
         assert_eq!(notes.len(), failing.stats().requests);
         // A 503 is the server saying it is busy or loading; a 500 is a plain HTTP failure.
-        let kind = if status == 503 { "server_busy" } else { "http_status" };
+        let kind = if status == 503 {
+            "server_busy"
+        } else {
+            "http_status"
+        };
         for note in notes {
             assert_eq!(note.server, "failing");
             assert_eq!(note.kind, kind);
