@@ -193,3 +193,15 @@ async fn an_unreachable_server_names_its_url() {
         "a chat request went out before the check"
     );
 }
+
+#[tokio::test]
+async fn a_key_variable_that_is_not_set_stops_the_run_naming_the_key() {
+    let line = config_with(
+        "max_concurrency = 1\n",
+        "max_concurrency = 1\napi_key_env = \"TANDEM_TEST_KEY_THAT_IS_NEVER_SET\"\n",
+    )
+    .await;
+    assert!(line.contains("tandem.toml"), "{line}");
+    assert!(line.contains("backend[0].api_key_env"), "{line}");
+    assert!(line.contains("TANDEM_TEST_KEY_THAT_IS_NEVER_SET"), "{line}");
+}

@@ -166,6 +166,39 @@ const LOADING_PATIENCE: Duration = Duration::from_secs(300);
 /// How often a server that is starting or loading is asked again.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// A backend whose `api_key_env` names an environment variable that is not set.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{config}: `backend[{index}].api_key_env`: the environment variable `{var}` is not set \
+     (backend `{name}` needs its key)"
+)]
+pub struct MissingKey {
+    pub config: std::path::PathBuf,
+    pub index: usize,
+    pub var: String,
+    pub name: String,
+}
+
+/// Checks that every key a backend names is in the environment, before any request: a health
+/// endpoint usually needs no key, so a missing one would otherwise surface only as a batch of
+/// refused calls.
+pub fn check_keys(config: &crate::config::Config) -> Result<(), MissingKey> {
+    for (index, backend) in config.backends.iter().enumerate() {
+        if let Some(var) = &backend.api_key_env {
+            let set = std::env::var_os(var).is_some_and(|value| !value.is_empty());
+            if !set {
+                return Err(MissingKey {
+                    config: config.source.clone(),
+                    index,
+                    var: var.clone(),
+                    name: backend.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks every backend before a batch, all at once. A server still loading its model (HTTP 503)
 /// is waited for, with a message; one that cannot be reached fails the check at once unless
 /// `wait` allows time for it to start. An Ollama backend must also have its model pulled.

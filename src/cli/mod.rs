@@ -154,6 +154,7 @@ fn cancel_on_ctrl_c() -> CancellationToken {
 /// Loads the configuration and waits for its backends, as `run` and `watch` both begin.
 async fn prepare(config_path: &std::path::Path, wait: Duration) -> Result<Arc<Config>, String> {
     let config = Arc::new(load_config(config_path)?);
+    tandem::backend::check_keys(&config).map_err(|e| e.to_string())?;
     let say = |line: &str| eprintln!("{line}");
     let ready = tandem::backend::check_backends(&config, wait, &say)
         .await
