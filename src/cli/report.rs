@@ -22,11 +22,26 @@ pub fn show(
         Some(b) => b.to_string(),
         None => latest_batch(outbox)?,
     };
+    // A batch is a folder name in the outbox, never a path: `--rebuild` writes under
+    // `reports/<batch>/`, which must not reach outside the reports folder.
+    let is_name = !batch.is_empty()
+        && !batch.starts_with('.')
+        && !batch.contains(['/', '\\'])
+        && std::path::Path::new(&batch).components().count() == 1;
+    if !is_name {
+        return Err(format!(
+            "`{batch}` is not a batch id; give the name of a folder in {}",
+            outbox.display()
+        ));
+    }
     let dir = outbox.join(&batch);
     if !dir.is_dir() {
         return Err(format!("{}: no such batch in the outbox", dir.display()));
     }
     let records = read_records(&dir).map_err(|e| e.to_string())?;
+    if records.is_empty() {
+        return Err(format!("{}: the batch holds no records", dir.display()));
+    }
     let summary = summarise(&records, &config.thresholds);
     let settings = ReportSettings::from_config(&config);
 
