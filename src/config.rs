@@ -391,7 +391,38 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(path, &text)
+        let config = Config::from_toml(path, &text)?;
+        config.check_inbox_holds_no_settings()?;
+        Ok(config)
+    }
+
+    /// Refuses an inbox that holds the configuration or the rubric: everything in the inbox
+    /// is claimed as a submission, and tandem would move its own settings away.
+    fn check_inbox_holds_no_settings(&self) -> Result<(), ConfigError> {
+        let Ok(inbox) = self.paths.inbox.canonicalize() else {
+            return Ok(());
+        };
+        for (what, file) in [
+            ("configuration", &self.source),
+            ("rubric", &self.rubric.source),
+        ] {
+            let inside = file
+                .canonicalize()
+                .is_ok_and(|resolved| resolved.starts_with(&inbox));
+            if inside {
+                return Err(ConfigError::invalid(
+                    &self.source,
+                    "paths.inbox",
+                    format!(
+                        "{} holds the {what} file {}; everything in the inbox is taken as a \
+                         submission, so choose a folder of its own",
+                        self.paths.inbox.display(),
+                        file.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Validates configuration text as if it had been read from `path`.

@@ -205,3 +205,22 @@ async fn a_key_variable_that_is_not_set_stops_the_run_naming_the_key() {
     assert!(line.contains("backend[0].api_key_env"), "{line}");
     assert!(line.contains("TANDEM_TEST_KEY_THAT_IS_NEVER_SET"), "{line}");
 }
+
+#[tokio::test]
+async fn an_inbox_holding_the_configuration_is_refused() {
+    let url = FakeServer::refused_url().await;
+    let config = with_urls(VALID, &url, &url).replacen(
+        "inbox = \"inbox\"\noutbox = \"outbox\"\nreports = \"reports\"\nstate = \"state\"",
+        "inbox = \".\"\noutbox = \"../out\"\nreports = \"../rep\"\nstate = \"../state\"",
+        1,
+    );
+    assert!(config.contains("inbox = \".\""));
+    let dir = folder(&config);
+    let line = refused(dir.path()).await;
+    assert!(line.contains("paths.inbox"), "{line}");
+    assert!(line.contains("configuration"), "{line}");
+    assert!(
+        dir.path().join("tandem.toml").is_file(),
+        "the configuration stays where it is"
+    );
+}
