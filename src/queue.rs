@@ -79,15 +79,16 @@ pub struct Queue {
 impl Queue {
     /// Creates the folders if needed, takes the lock, and checks that all share one filesystem.
     pub fn open(paths: &Paths) -> Result<Queue, QueueError> {
-        for dir in [&paths.inbox, &paths.outbox, &paths.state, &paths.reports] {
-            fs::create_dir_all(dir).map_err(io_err(dir, "cannot create folder"))?;
-        }
         // The reports are written last; a folder that cannot take them must stop the batch
-        // before any work, not after a night of grading.
-        for dir in [&paths.outbox, &paths.reports] {
-            let probe = dir.join(format!(".tandem-write-check.{}", std::process::id()));
-            fs::write(&probe, b"").map_err(io_err(dir, "cannot write in folder"))?;
-            let _ = fs::remove_file(&probe);
+        // before any work, not after a night of grading. It is checked first, so that a refusal
+        // leaves nothing behind.
+        for dir in [&paths.reports, &paths.inbox, &paths.outbox, &paths.state] {
+            fs::create_dir_all(dir).map_err(io_err(dir, "cannot create folder"))?;
+            if dir == &paths.reports || dir == &paths.outbox {
+                let probe = dir.join(format!(".tandem-write-check.{}", std::process::id()));
+                fs::write(&probe, b"").map_err(io_err(dir, "cannot write in folder"))?;
+                let _ = fs::remove_file(&probe);
+            }
         }
         let inbox = paths
             .inbox

@@ -224,3 +224,18 @@ async fn an_inbox_holding_the_configuration_is_refused() {
         "the configuration stays where it is"
     );
 }
+
+#[tokio::test]
+async fn a_reports_folder_that_cannot_be_written_stops_the_run_before_any_work() {
+    let server = FakeServer::builder().start().await;
+    let config = with_urls(VALID, &server.url(), &server.url()).replacen(
+        "reports = \"reports\"",
+        // /proc refuses new folders even to root, so this holds however the tests are run.
+        "reports = \"/proc/tandem-reports\"",
+        1,
+    );
+    let dir = folder(&config);
+    let line = refused(dir.path()).await;
+    assert!(line.contains("/proc/tandem-reports"), "{line}");
+    assert_eq!(server.stats().requests, 0, "no submission was graded");
+}
