@@ -262,7 +262,12 @@ impl fmt::Debug for BackendConfig {
         f.debug_struct("BackendConfig")
             .field("name", &self.name)
             .field("roles", &self.roles)
-            .field("url", &self.url.as_str())
+            .field("url", &{
+                let mut shown = self.url.clone();
+                let _ = shown.set_password(None);
+                let _ = shown.set_username("");
+                shown.to_string()
+            })
             .field("model", &self.model)
             .field("max_concurrency", &self.max_concurrency)
             .finish_non_exhaustive()

@@ -173,6 +173,9 @@ pub struct ChatClient {
     base: String,
     model: String,
     api_key: Option<String>,
+    /// User and password written into the configured URL, sent as basic authentication and
+    /// kept out of every URL tandem shows or records.
+    url_credentials: Option<(String, Option<String>)>,
     read_timeout: Duration,
     context_length: Option<u32>,
     /// The backend's `seed` setting: whether a request's seed is sent.
@@ -199,7 +202,16 @@ impl ChatClient {
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Result<Self, CallError> {
-        let base = backend.url.as_str().trim_end_matches('/').to_string();
+        let mut url = backend.url.clone();
+        let url_credentials = (!url.username().is_empty()).then(|| {
+            (
+                url.username().to_string(),
+                url.password().map(str::to_string),
+            )
+        });
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let base = url.as_str().trim_end_matches('/').to_string();
         let endpoint = match backend.api {
             Api::OpenAi => openai::chat_url(&base),
             Api::Ollama => ollama::chat_url(&base),
@@ -232,6 +244,7 @@ impl ChatClient {
             base,
             model: backend.model.clone(),
             api_key,
+            url_credentials,
             read_timeout,
             context_length: backend.context_length,
             send_seed: backend.send_seed,
@@ -309,14 +322,20 @@ impl ChatClient {
         })
     }
 
+    /// Adds the backend's bearer key, or the credentials its URL carried.
+    fn authorise(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match (&self.api_key, &self.url_credentials) {
+            (Some(key), _) => builder.bearer_auth(key),
+            (None, Some((user, password))) => builder.basic_auth(user, password.as_deref()),
+            (None, None) => builder,
+        }
+    }
+
     /// Sends one request and reads its stream to the end.
     pub async fn chat(&self, request: &ChatRequest) -> Result<CallOutcome, CallError> {
         self.check_fits(request)?;
         let body = self.body(request);
-        let mut builder = self.http.post(&self.endpoint).json(&body);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key);
-        }
+        let builder = self.authorise(self.http.post(&self.endpoint).json(&body));
 
         let sent_wall = Local::now();
         let sent = Instant::now();
@@ -361,10 +380,7 @@ impl ChatClient {
     /// A `GET` on a path of the server, for health checks: the body, or the error it met.
     pub async fn get(&self, path: &str) -> Result<String, CallError> {
         let url = format!("{}{path}", self.base.trim_end_matches("/v1"));
-        let mut builder = self.http.get(&url).timeout(Duration::from_secs(10));
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key);
-        }
+        let builder = self.authorise(self.http.get(&url).timeout(Duration::from_secs(10)));
         let response = builder.send().await.map_err(|e| {
             let mut error = self.transport_error(&e);
             if let CallError::Connect { url: u, .. } | CallError::Timeout { url: u, .. } =
@@ -569,5 +585,22 @@ mod tests {
             c.redact("bad key sk-very-secret-value given"),
             "bad key [redacted] given"
         );
+    }
+
+    #[test]
+    fn credentials_in_the_url_never_appear_in_a_url_tandem_shows() {
+        let mut b = backend(Api::OpenAi, None);
+        b.url = "http://grader:hunter2pw@127.0.0.1:9/".parse().unwrap();
+        let client = ChatClient::new(&b, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        for shown in [
+            client.base_url().to_string(),
+            client.endpoint().to_string(),
+            format!("{client:?}"),
+            format!("{b:?}"),
+        ] {
+            assert!(!shown.contains("hunter2pw"), "{shown}");
+            assert!(!shown.contains("grader@"), "{shown}");
+        }
+        assert_eq!(client.base_url(), "http://127.0.0.1:9");
     }
 }
