@@ -155,6 +155,33 @@ async fn odd_names_are_graded_under_safe_ids_and_kept_as_dropped() {
     }
 }
 
+/// Names that are not UTF-8 (from old Windows zips or Latin-1 systems) can differ only in the
+/// bytes a safe id drops; each must still get its own record, under an id of its own.
+#[tokio::test]
+async fn names_that_differ_only_in_bytes_that_are_not_utf8_get_a_record_each() {
+    use std::os::unix::ffi::OsStrExt;
+
+    let servers = Servers::fast().await;
+    let class = Class::new(&servers, "");
+    let names: [&[u8]; 2] = [b"caf\xe9.py", b"caf\xe8.py"];
+    for (n, name) in names.iter().enumerate() {
+        let path = class.inbox().join(std::ffi::OsStr::from_bytes(name));
+        fs::write(path, script(n)).unwrap();
+    }
+
+    let records = run(&class).await;
+
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let ids: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r.submission.id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "each gets its own id: {ids:?}");
+    for record in &records {
+        assert_eq!(record.status, Status::Graded, "{record:#?}");
+        assert_eq!(record.performance_diagnostics.calls.len(), 2);
+    }
+    assert!(class.claimed().is_empty(), "nothing is left claimed");
+}
+
 #[tokio::test]
 async fn a_link_pointing_outside_the_inbox_is_never_followed() {
     let servers = Servers::fast().await;
