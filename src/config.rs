@@ -330,7 +330,9 @@ pub struct GradingSettings {
     pub feedback_max_tokens: u32,
     /// Normalised submission text beyond this many characters is cut with a marker.
     pub max_submission_chars: usize,
-    /// Longest silence allowed between two chunks of a stream; restarts with each chunk.
+    /// `read_timeout_seconds`: longest silence allowed between two chunks of a stream; restarts
+    /// with each chunk. A stream carrying only keep-alive comments (no data event) for four
+    /// times this long also ends with a timeout, so keep-alives cannot hold a call open forever.
     pub read_timeout: Duration,
     pub connect_timeout: Duration,
     /// How many times a failed request is sent again before its call fails.

@@ -583,16 +583,16 @@ pub fn csv_rows(report: &ProbeReport) -> Vec<ProbeRow> {
     for backend in &report.backends {
         for level in &backend.levels {
             rows.push(ProbeRow {
-                server: backend.name.clone(),
-                url: backend.url.clone(),
-                model: backend.model.clone(),
+                server: crate::report::csv::text_cell(&backend.name),
+                url: crate::report::csv::text_cell(&backend.url),
+                model: crate::report::csv::text_cell(&backend.model),
                 roles: backend
                     .roles
                     .iter()
                     .map(|r| r.as_str())
                     .collect::<Vec<_>>()
                     .join(";"),
-                prompt: level.prompt.clone(),
+                prompt: crate::report::csv::text_cell(&level.prompt),
                 concurrency: level.concurrency,
                 requests: level.requests,
                 failures: level.failures(),

@@ -6,7 +6,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::body::Body;
+use axum::http::header;
+use axum::response::Response;
 use tandem::backend::ChatClient;
+use tandem::backend::client::TOKEN_SILENCE_FACTOR;
+use tandem::config::Api;
 use tandem::fake_server::{Dialect, FakeServer, Fault, Reply, When};
 
 use common::{PATIENT, backend_at, chat, chat_error, request};
@@ -294,4 +300,99 @@ async fn a_fault_on_one_request_leaves_the_next_one_whole() {
     assert_eq!(first.kind(), "http_status");
     assert_eq!(second.content, "abcdefgh");
     assert_eq!(server.stats().requests, 2);
+}
+
+/// Serves, on any path, a 200 stream that sends `head` and then `ping` every `every` forever,
+/// returning the base URL.
+async fn keepalive_server(
+    content_type: &'static str,
+    head: &'static str,
+    ping: &'static str,
+    every: Duration,
+) -> String {
+    let answer = move || async move {
+        let pings = futures::stream::unfold(true, move |first| async move {
+            if first {
+                return Some((Ok::<_, std::io::Error>(head.to_string()), false));
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok(ping.to_string()), false))
+        });
+        Response::builder()
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from_stream(pings))
+            .unwrap()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, Router::new().fallback(answer)).await });
+    url
+}
+
+#[tokio::test]
+async fn a_stream_of_keep_alives_alone_times_out_after_the_token_silence_limit() {
+    let role_chunk = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+    let token = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    let ollama_token = "{\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"done\":false}\n";
+    // Keep-alives from the start (a prefill that never ends), after a role-only chunk, and after
+    // the first tokens; SSE comments for the OpenAI dialect, blank lines for Ollama's NDJSON.
+    let cases = [
+        (Api::OpenAi, "text/event-stream", "", ": keep-alive\n\n"),
+        (Api::OpenAi, "text/event-stream", role_chunk, ": ping\n\n"),
+        (
+            Api::OpenAi,
+            "text/event-stream",
+            token,
+            ": keepalive 3/80\n\n",
+        ),
+        (Api::Ollama, "application/x-ndjson", "", "\n"),
+        (Api::Ollama, "application/x-ndjson", ollama_token, " \n"),
+    ];
+    let read_timeout = Duration::from_millis(300);
+    let limit = read_timeout * TOKEN_SILENCE_FACTOR;
+    for (api, content_type, head, ping) in cases {
+        let url = keepalive_server(content_type, head, ping, read_timeout / 3).await;
+        let mut backend = backend_at("pinging", &url);
+        backend.api = api;
+        let client = ChatClient::new(&backend, Duration::from_secs(2), read_timeout).unwrap();
+        let started = Instant::now();
+        let error = tokio::time::timeout(limit * 5, client.chat(&request("hi", 16)))
+            .await
+            .unwrap_or_else(|_| panic!("{api:?} {head:?}: keep-alives held the call open"))
+            .unwrap_err();
+
+        let elapsed = started.elapsed();
+        let case = format!("{api:?} after {head:?}: {error}");
+        assert_eq!(error.kind(), "timeout", "{case}");
+        assert!(error.is_retryable(), "{case}");
+        let message = error.to_string();
+        assert!(message.contains("only keep-alives"), "{case}");
+        assert!(message.contains("for 1.2 s"), "{case}");
+        assert!(message.contains(&url), "{case}");
+        assert!(elapsed >= limit, "{case}: ended after {elapsed:?}");
+        assert!(elapsed < limit * 3, "{case}: ended after {elapsed:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefill_with_keep_alives_longer_than_the_read_timeout_succeeds() {
+    // Two read timeouts of prefill with mlx-lm's progress comments and no token, inside the
+    // token-silence limit of four.
+    let server = FakeServer::builder()
+        .dialect(Dialect::Mlx)
+        .prompt_tokens(800)
+        .prefill_tok_per_s(1000.0)
+        .keepalive_every(100)
+        .reply(Reply::fixed("abcd".repeat(4)))
+        .start()
+        .await;
+    let started = Instant::now();
+    let outcome = chat(&server, READ_TIMEOUT, &request("hi", 64)).await;
+
+    assert!(
+        started.elapsed() > READ_TIMEOUT * 2,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(outcome.content, "abcd".repeat(4));
 }

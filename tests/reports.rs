@@ -669,3 +669,117 @@ fn terminal_summary_of_an_empty_batch() {
     let summary = summarise(&[], &Thresholds::default());
     insta::assert_snapshot!("terminal_summary_empty", render_terminal_summary(&summary));
 }
+
+/// Every cell of a CSV file, header included, with the file's name.
+fn cells(path: &Path) -> Vec<String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    reader
+        .records()
+        .map(Result::unwrap)
+        .flat_map(|r| r.iter().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+#[test]
+fn a_text_cell_a_spreadsheet_would_evaluate_gets_a_leading_quote() {
+    use tandem::report::csv::text_cell;
+
+    for formula in ["=2+3", "+SUM(A1)", "-2+3", "@SUM(A1)", "\tx", "\rx"] {
+        assert_eq!(text_cell(formula), format!("'{formula}"));
+    }
+    for plain in ["", "Alice", "a=b", "'=already quoted", " =1", "3-2"] {
+        assert_eq!(text_cell(plain), plain);
+    }
+}
+
+#[test]
+fn formulas_in_names_and_model_text_are_quoted_in_every_csv_and_numbers_are_not() {
+    let batch_id = "=1+1 night";
+    let mut records = batch();
+    for record in &mut records {
+        record.batch = batch_id.to_string();
+        match record.submission.id.as_str() {
+            "s1" => {
+                record.submission.student.name = Some("=2+3 Evil".to_string());
+                record.feedback = Some(feedback("+SUM(A1:A9) well done"));
+                // A penalty makes a criterion, and the total, negative numbers.
+                record.grade = Some(grade([-3.0, 1.0]));
+            }
+            "s2" => {
+                record.submission.student.name = Some("\tTabbed".to_string());
+                record.feedback = Some(feedback("\rCarriage"));
+                record.flags.insert(0, "@flag".to_string());
+            }
+            "s3" => {
+                record.submission.student.name = Some("@SUM(1+1)".to_string());
+                let error = record.error.as_mut().unwrap();
+                error.message = "-2+3 cmd|' /C calc'!A0".to_string();
+            }
+            _ => {}
+        }
+    }
+    let mut summary = summarise(&records, &Thresholds::default());
+    summary.servers[0].model = "@model".to_string();
+    let settings = ReportSettings {
+        assignment: "=Sales".to_string(),
+        ..ReportSettings::default()
+    };
+    let root = tempfile::tempdir().unwrap();
+    let reports = root.path().join("reports");
+    let dir = reports.join("night");
+    let write = || write_batch_reports(&dir, &reports, batch_id, &records, &summary, &settings);
+    write().unwrap();
+    // Written twice: the batch's quoted id is still found and its row replaced.
+    let files = write().unwrap();
+
+    let gradebook = files
+        .gradebook
+        .clone()
+        .expect("the students have Canvas ids");
+    let all = [
+        &files.summary,
+        &files.submissions,
+        &files.grades,
+        &gradebook,
+        &files.batches,
+    ];
+    for path in all {
+        for cell in cells(path) {
+            let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+            assert!(
+                !risky || cell.parse::<f64>().is_ok(),
+                "{}: {cell:?} would be evaluated",
+                path.display()
+            );
+        }
+    }
+
+    let has = |path: &Path, wanted: &str| cells(path).iter().any(|c| c == wanted);
+    for (path, wanted) in [
+        (&files.summary, "'=1+1 night"),
+        (&files.summary, "'@model"),
+        (&files.submissions, "'=2+3 Evil"),
+        (&files.submissions, "'\tTabbed"),
+        (&files.submissions, "'@SUM(1+1)"),
+        (&files.submissions, "'-2+3 cmd|' /C calc'!A0"),
+        (&files.submissions, "'@flag;possible_prompt_injection;late"),
+        (&files.grades, "'=2+3 Evil"),
+        (&files.grades, "'+SUM(A1:A9) well done"),
+        (&files.grades, "'\rCarriage"),
+        (&gradebook, "'=Sales"),
+        (&gradebook, "'=2+3 Evil"),
+        (&files.batches, "'=1+1 night"),
+    ] {
+        assert!(has(path, wanted), "{}: no cell {wanted:?}", path.display());
+    }
+    // Negative figures stay numbers a spreadsheet can add up.
+    for path in [&files.submissions, &files.grades, &gradebook] {
+        assert!(has(path, "-2.0"), "{}: the total -2.0", path.display());
+    }
+    assert!(has(&files.grades, "-3.0"));
+    let mut batches = csv::Reader::from_path(&files.batches).unwrap();
+    assert_eq!(batches.records().count(), 1, "one row for the batch");
+}

@@ -7,6 +7,11 @@
 //! ([`super::dialect`]): the OpenAI-compatible chat API ([`super::openai`]) or Ollama's native
 //! one ([`super::ollama`]).
 //!
+//! Two limits end a stream that has gone quiet, and no total deadline, because a long answer is
+//! not a failure: the read timeout, which every chunk restarts, and the token-silence limit
+//! ([`TOKEN_SILENCE_FACTOR`] times the read timeout), which only a data event restarts. Without
+//! the second, a server sending nothing but keep-alive comments would hold a call open forever.
+//!
 //! Before sending, a request is checked against the backend's `context_length`, where the
 //! configuration gives one: mlx_lm.server has no context check of its own and runs an oversized
 //! prompt until the GPU runs out of memory, and Ollama's `/v1` cuts it silently.
@@ -39,6 +44,11 @@ const CHARS_PER_TOKEN_ESTIMATE: u64 = 3;
 
 /// Tokens a chat template adds around each message, in the estimate.
 const TOKENS_PER_MESSAGE: u64 = 8;
+
+/// The token-silence limit as a multiple of the read timeout: a stream that carries only
+/// keep-alive comments for this long ends with a timeout. The read timeout alone cannot catch
+/// it, because every comment restarts it; a long prefill with keep-alives stays well inside.
+pub const TOKEN_SILENCE_FACTOR: u32 = 4;
 
 /// What replaces a backend's key wherever a server echoed it.
 const REDACTED: &str = "[redacted]";
@@ -222,7 +232,8 @@ impl ChatClient {
             .and_then(|var| std::env::var(var).ok())
             .filter(|key| !key.is_empty());
         // No total deadline: a long generation is not a failure. The read timeout restarts with
-        // every chunk, so only a stalled stream times out.
+        // every chunk, so only a stalled stream times out; `chat` adds the token-silence limit
+        // for a stream of keep-alives alone.
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .read_timeout(read_timeout)
@@ -355,7 +366,17 @@ impl ChatClient {
         let mut reply = Reply::new(sent, sent_wall);
         let mut reader = BodyReader::new(self.api);
         let mut bytes = response.bytes_stream();
-        while let Some(chunk) = bytes.next().await {
+        let silence = self.token_silence();
+        loop {
+            // Keep-alives restart the read timeout but not this deadline: only a data event does.
+            let deadline = reply.last_event().unwrap_or(sent) + silence;
+            let Ok(next) = tokio::time::timeout_at(deadline.into(), bytes.next()).await else {
+                return Err(CallError::KeepAlivesOnly {
+                    url: self.endpoint.clone(),
+                    silence,
+                });
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| self.transport_error(&e))?;
             reader
                 .push(&chunk, Instant::now(), &mut reply)
@@ -375,6 +396,11 @@ impl ChatClient {
             })?;
         self.note(request, &outcome);
         Ok(outcome)
+    }
+
+    /// The longest a stream may go without a data event, keep-alives notwithstanding.
+    pub fn token_silence(&self) -> Duration {
+        self.read_timeout * TOKEN_SILENCE_FACTOR
     }
 
     /// A `GET` on a path of the server, for health checks: the body, or the error it met.

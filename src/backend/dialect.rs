@@ -34,6 +34,8 @@ pub(crate) struct Reply {
     sent_wall: DateTime<Local>,
     first: Option<Instant>,
     last: Option<Instant>,
+    /// The last data event of any sort (not a comment or blank keep-alive).
+    last_event: Option<Instant>,
     content: String,
     reasoning: String,
     pub(crate) finish_reason: Option<String>,
@@ -52,6 +54,7 @@ impl Reply {
             sent_wall,
             first: None,
             last: None,
+            last_event: None,
             content: String::new(),
             reasoning: String::new(),
             finish_reason: None,
@@ -78,6 +81,17 @@ impl Reply {
             self.first.get_or_insert(now);
             self.last = Some(now);
         }
+    }
+
+    /// Notes a data event received at `now`: an SSE event with data or an NDJSON line, whatever
+    /// it carries. Comments and blank lines, the servers' keep-alives, are not events.
+    pub(crate) fn event(&mut self, now: Instant) {
+        self.last_event = Some(now);
+    }
+
+    /// When the last data event arrived, if any has.
+    pub(crate) fn last_event(&self) -> Option<Instant> {
+        self.last_event
     }
 
     /// Whether any answer or reasoning text has arrived.

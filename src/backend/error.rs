@@ -24,6 +24,19 @@ pub enum CallError {
         url: String,
         read_timeout: std::time::Duration,
     },
+    /// The stream kept its connection alive with comments (mlx-lm's prefill progress,
+    /// llama.cpp's pings) but carried no data event for the token-silence limit, a multiple of
+    /// the read timeout. Counted as a timeout.
+    #[error(
+        "{url} sent only keep-alives, no data, for {} s (the token-silence limit, {} x the read \
+         timeout)",
+        .silence.as_secs_f64(),
+        crate::backend::client::TOKEN_SILENCE_FACTOR
+    )]
+    KeepAlivesOnly {
+        url: String,
+        silence: std::time::Duration,
+    },
     /// An HTTP status with no more specific kind (a 500, a 400 about something else).
     #[error("{url} answered HTTP {status}: {excerpt}")]
     Http {
@@ -81,7 +94,7 @@ impl CallError {
     pub fn kind(&self) -> &'static str {
         match self {
             CallError::Connect { .. } => "connect",
-            CallError::Timeout { .. } => "timeout",
+            CallError::Timeout { .. } | CallError::KeepAlivesOnly { .. } => "timeout",
             CallError::Http { .. } => "http_status",
             CallError::ContextOverflow { .. } => "context_overflow",
             CallError::ModelNotFound { .. } => "model_not_found",
@@ -98,6 +111,7 @@ impl CallError {
         match self {
             CallError::Connect { .. }
             | CallError::Timeout { .. }
+            | CallError::KeepAlivesOnly { .. }
             | CallError::Busy { .. }
             | CallError::StreamCut { .. }
             | CallError::ServerError { .. } => true,
@@ -121,6 +135,7 @@ impl CallError {
         match self {
             CallError::Connect { url, .. }
             | CallError::Timeout { url, .. }
+            | CallError::KeepAlivesOnly { url, .. }
             | CallError::Http { url, .. }
             | CallError::ContextOverflow { url, .. }
             | CallError::ModelNotFound { url, .. }

@@ -130,6 +130,7 @@ fn take_line(reply: &mut Reply, line: &[u8], now: Instant) -> Result<(), StreamF
     if text.is_empty() {
         return Ok(());
     }
+    reply.event(now);
     let line: Line = serde_json::from_str(text).map_err(|e| {
         StreamFailure::Decode(format!("a line is not valid JSON ({e}): {}", excerpt(text)))
     })?;

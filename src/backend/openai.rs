@@ -115,11 +115,12 @@ fn error_message(data: &str) -> String {
 /// Takes one event's data, received at `now`.
 fn take(reply: &mut Reply, data: &str, now: Instant) -> Result<(), StreamFailure> {
     let data = data.trim();
-    if data == "[DONE]" {
-        reply.done = true;
+    if data.is_empty() {
         return Ok(());
     }
-    if data.is_empty() {
+    reply.event(now);
+    if data == "[DONE]" {
+        reply.done = true;
         return Ok(());
     }
     let chunk: Chunk = serde_json::from_str(data).map_err(|e| {

@@ -10,6 +10,12 @@
 //! named after the assignment, a `Points Possible` row under the header, and a row per graded
 //! submission whose LMS name gave a Canvas user id.
 //!
+//! Every text cell that could come from outside (a file name, a student's name, a model's words,
+//! a server's error message) goes through [`text_cell`]: one starting with `=`, `+`, `-`, `@`, a
+//! tab or a carriage return gets a leading `'`, so that a spreadsheet shows it instead of
+//! evaluating it as a formula (the OWASP advice on CSV injection). Number cells are never
+//! touched, so a negative figure stays a number.
+//!
 //! In `summary.csv` a server row's `requests` are the requests it was sent and its `failures`
 //! the attempts that failed on it and were tried again. The `batch` row's `requests` are all
 //! requests sent for the calls that answered, retries included, and its `failures` are those
@@ -30,6 +36,22 @@ use crate::submission::{Lms, parse_lms_name};
 /// The identity columns of a Canvas gradebook, in the order Canvas's import expects them.
 pub const CANVAS_IDENTITY_COLUMNS: [&str; 5] =
     ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"];
+
+/// A text cell as written to a CSV: text a spreadsheet would read as a formula (starting with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'`; anything else is as given.
+/// Only for text: a number cell must stay a number.
+pub fn text_cell(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    }
+}
+
+/// [`text_cell`] for an optional cell.
+fn text_opt(text: Option<&String>) -> Option<String> {
+    text.map(|t| text_cell(t))
+}
 
 /// One row of `summary.csv`: a server, or the whole batch.
 #[derive(Debug, Clone, Serialize)]
@@ -124,10 +146,10 @@ pub fn summary_rows(batch_id: &str, summary: &BatchSummary) -> Vec<SummaryRow> {
         .iter()
         .map(|server| SummaryRow {
             scope: "server",
-            name: server.name.clone(),
-            url: server.url.clone(),
-            model: server.model.clone(),
-            roles: join(server.roles.iter().map(|r| r.as_str())),
+            name: text_cell(&server.name),
+            url: text_cell(&server.url),
+            model: text_cell(&server.model),
+            roles: text_cell(&join(server.roles.iter().map(|r| r.as_str()))),
             requests: server.requests,
             failures: server.failures,
             prompt_tokens: server.prompt_tokens,
@@ -148,7 +170,7 @@ pub fn summary_rows(batch_id: &str, summary: &BatchSummary) -> Vec<SummaryRow> {
     let retried: u64 = summary.retried_attempts_by_kind.values().sum();
     rows.push(SummaryRow {
         scope: "batch",
-        name: batch_id.to_string(),
+        name: text_cell(batch_id),
         url: String::new(),
         model: String::new(),
         roles: String::new(),
@@ -181,20 +203,20 @@ pub fn submission_row(record: &ResultRecord) -> SubmissionRow {
     let student = &record.submission.student;
 
     SubmissionRow {
-        id: record.submission.id.clone(),
-        student: student.name.clone(),
-        lms_id: student.lms_id.clone(),
+        id: text_cell(&record.submission.id),
+        student: text_opt(student.name.as_ref()),
+        lms_id: text_opt(student.lms_id.as_ref()),
         status: status_name(record.status),
         score: record.grade.as_ref().map(|g| round3(g.score)),
         max_score: record.grade.as_ref().map(|g| round3(g.max_score)),
-        flags: join(record.flags.iter().map(String::as_str)),
-        code_analysis_server: code.map(|c| c.server.clone()),
+        flags: text_cell(&join(record.flags.iter().map(String::as_str))),
+        code_analysis_server: code.map(|c| text_cell(&c.server)),
         code_analysis_prompt_tokens: code.map(|c| c.prompt_tokens),
         code_analysis_output_tokens: code.map(|c| c.output_tokens),
         code_analysis_generation_time_seconds: code.map(|c| round3(c.generation_time_seconds)),
         code_analysis_tokens_per_second: code.map(|c| round3(c.tokens_per_second)),
         code_analysis_ttft_seconds: code.map(ttft),
-        feedback_server: feedback.map(|c| c.server.clone()),
+        feedback_server: feedback.map(|c| text_cell(&c.server)),
         feedback_prompt_tokens: feedback.map(|c| c.prompt_tokens),
         feedback_output_tokens: feedback.map(|c| c.output_tokens),
         feedback_generation_time_seconds: feedback.map(|c| round3(c.generation_time_seconds)),
@@ -202,9 +224,9 @@ pub fn submission_row(record: &ResultRecord) -> SubmissionRow {
         feedback_ttft_seconds: feedback.map(ttft),
         wall_time_seconds: combined.map(|m| round3(m.wall_time_seconds)),
         parallel_efficiency: combined.map(|m| round3(m.parallel_efficiency)),
-        error_kind: record.error.as_ref().map(|e| e.kind.clone()),
-        error_message: record.error.as_ref().map(|e| e.message.clone()),
-        refers_to: refers_to(&record.links),
+        error_kind: record.error.as_ref().map(|e| text_cell(&e.kind)),
+        error_message: record.error.as_ref().map(|e| text_cell(&e.message)),
+        refers_to: text_cell(&refers_to(&record.links)),
     }
 }
 
@@ -228,9 +250,9 @@ fn refers_to(links: &crate::record::Links) -> String {
 /// The batch's row of `reports/batches.csv`.
 pub fn batch_row(batch_id: &str, summary: &BatchSummary) -> BatchRow {
     BatchRow {
-        batch: batch_id.to_string(),
-        started_at: summary.started_at.map(iso8601),
-        finished_at: summary.finished_at.map(iso8601),
+        batch: text_cell(batch_id),
+        started_at: summary.started_at.map(|t| text_cell(&iso8601(t))),
+        finished_at: summary.finished_at.map(|t| text_cell(&iso8601(t))),
         submissions: summary.submissions,
         graded: summary.graded,
         failed: summary.failed,
@@ -281,7 +303,7 @@ pub fn grades_csv(path: &Path, records: &[&ResultRecord]) -> Result<Vec<u8>, Rep
     };
     // Each row is the fixed columns, as the struct serialises them, then the dynamic ones.
     let mut header = fixed_record(path, &grade_row(None))?.0;
-    header.extend(criteria.iter().copied());
+    header.extend(criteria.iter().map(|id| text_cell(id)));
     header.push_field("feedback_summary");
 
     let mut writer = Writer::from_writer(Vec::new());
@@ -296,7 +318,8 @@ pub fn grades_csv(path: &Path, records: &[&ResultRecord]) -> Result<Vec<u8>, Rep
                 .map(|c| number(c.score));
             row.push_field(score.as_deref().unwrap_or(""));
         }
-        row.push_field(record.feedback.as_ref().map_or("", |f| f.summary.as_str()));
+        let summary = record.feedback.as_ref().map(|f| text_cell(&f.summary));
+        row.push_field(summary.as_deref().unwrap_or(""));
         writer.write_record(&row).map_err(encode)?;
     }
     finish(path, writer)
@@ -344,6 +367,9 @@ pub fn batches_csv(
         }
     }
 
+    // The file holds the id as a cell, escaped as the new row's is.
+    let batch_id = text_cell(batch_id);
+    let batch_id = batch_id.as_str();
     match rows.iter_mut().find(|row| row.get(0) == Some(batch_id)) {
         Some(existing) => *existing = new_row,
         None => rows.push(new_row),
@@ -406,9 +432,9 @@ pub fn canvas_gradebook_csv(
         source,
     };
     let column = if assignment.trim().is_empty() {
-        "tandem grade"
+        "tandem grade".to_string()
     } else {
-        assignment.trim()
+        text_cell(assignment.trim())
     };
     let graded: Vec<(&ResultRecord, &str, f64, f64)> = records
         .iter()
@@ -422,7 +448,7 @@ pub fn canvas_gradebook_csv(
 
     let mut writer = Writer::from_writer(Vec::new());
     let mut header: Vec<&str> = CANVAS_IDENTITY_COLUMNS.to_vec();
-    header.push(column);
+    header.push(&column);
     writer.write_record(&header).map_err(encode)?;
     let points = if graded.is_empty() {
         String::new()
@@ -433,9 +459,9 @@ pub fn canvas_gradebook_csv(
         .write_record(["Points Possible", "", "", "", "", points.as_str()])
         .map_err(encode)?;
     for (record, id, score, _) in graded {
-        let name = record.submission.student.name.as_deref().unwrap_or("");
+        let name = text_opt(record.submission.student.name.as_ref()).unwrap_or_default();
         writer
-            .write_record([name, id, "", "", "", number(score).as_str()])
+            .write_record([name.as_str(), &text_cell(id), "", "", "", &number(score)])
             .map_err(encode)?;
     }
     finish(path, writer)
@@ -455,9 +481,9 @@ fn grade_row(record: Option<&ResultRecord>) -> GradeRow {
     };
     let student = &record.submission.student;
     GradeRow {
-        id: record.submission.id.clone(),
-        student: student.name.clone(),
-        lms_id: student.lms_id.clone(),
+        id: text_cell(&record.submission.id),
+        student: text_opt(student.name.as_ref()),
+        lms_id: text_opt(student.lms_id.as_ref()),
         late: student.late,
         status: status_name(record.status),
         score: record.grade.as_ref().map(|g| round3(g.score)),
