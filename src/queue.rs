@@ -473,39 +473,57 @@ fn list_sorted(dir: &Path) -> Result<Vec<PathBuf>, QueueError> {
 /// Writes a new file atomically and durably: temporary file in the same folder, fsync, rename
 /// without replacing, fsync of the folder.
 pub fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), QueueError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = temp_name(path);
-    let mut file = File::create(&tmp).map_err(io_err(&tmp, "cannot create"))?;
-    file.write_all(bytes)
-        .map_err(io_err(&tmp, "cannot write"))?;
-    // An fsync error means the write is lost; it is not retried (see "fsyncgate").
-    file.sync_all().map_err(io_err(&tmp, "cannot fsync"))?;
-    drop(file);
+    let tmp = write_synced_temp(path, bytes)?;
     let renamed = rename_noreplace(&tmp, path);
     if renamed.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     renamed?;
-    sync_dir(dir)
+    sync_dir(parent_dir(path))
 }
 
-/// Writes a file atomically, replacing any earlier version (for reports, not records).
+/// Writes a file atomically, replacing any earlier version (for reports, not records): readers
+/// see the old file or the new one, never a mix, and the swap survives a power cut.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), QueueError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err(dir, "cannot create folder"))?;
-    let tmp = temp_name(path);
-    let mut file = File::create(&tmp).map_err(io_err(&tmp, "cannot create"))?;
-    file.write_all(bytes)
-        .map_err(io_err(&tmp, "cannot write"))?;
-    file.sync_all().map_err(io_err(&tmp, "cannot fsync"))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err(path, "cannot rename into place"))?;
-    sync_dir(dir)
+    let tmp = write_synced_temp(path, bytes)?;
+    if let Err(source) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(path, "cannot rename into place")(source));
+    }
+    sync_dir(parent_dir(path))
 }
 
+/// Writes `bytes` to a fresh temporary file beside `path` and fsyncs it. An fsync error means
+/// the write is lost; it is never retried (see "fsyncgate").
+fn write_synced_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, QueueError> {
+    let tmp = temp_name(path);
+    let written = File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .map_err(io_err(&tmp, "cannot write"));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map(|()| tmp)
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// A temporary name beside `path`, unique within this process and among processes.
 fn temp_name(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
 /// Writes a file by renaming a temporary file over it, without any fsync: a reader never sees

@@ -15,10 +15,9 @@ pub mod svg;
 pub mod terminal;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::Role;
 use crate::config::{Concurrency, Config, Thresholds};
@@ -284,43 +283,16 @@ pub fn report_json(
     })
 }
 
-/// Replaces `path` with `bytes` so that readers see the old file or the new one, never a mix.
-///
-/// The bytes go to a temporary file in the same folder, which is flushed, synced and renamed over
-/// `path`; then the folder is synced so the rename survives a power cut.
+/// Replaces `path` with `bytes` so that readers see the old file or the new one, never a mix,
+/// by the queue's durable write (temporary file, fsync, rename, folder fsync).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-
-    let write_error = |source| ReportError::Write {
+    crate::queue::replace_file(path, bytes).map_err(|error| ReportError::Write {
         path: path.to_path_buf(),
-        source,
-    };
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let temp = folder.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-
-    let result = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.flush()?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&temp);
-        return Err(write_error(source));
-    }
-    sync_folder(folder).map_err(write_error)
+        source: match error {
+            crate::queue::QueueError::Io { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        },
+    })
 }
 
 fn remove_if_present(path: &Path) -> Result<(), ReportError> {
@@ -331,15 +303,4 @@ fn remove_if_present(path: &Path) -> Result<(), ReportError> {
         }),
         _ => Ok(()),
     }
-}
-
-#[cfg(unix)]
-fn sync_folder(folder: &Path) -> io::Result<()> {
-    File::open(folder)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_folder(_folder: &Path) -> io::Result<()> {
-    // Folders cannot be opened for syncing here; the rename itself is what makes the swap atomic.
-    Ok(())
 }
