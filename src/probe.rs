@@ -758,27 +758,8 @@ pub fn render_table(report: &ProbeReport) -> String {
                 ),
             ]);
         }
-        let mut widths = vec![0; TABLE_HEADER.len()];
-        for row in &rows {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        for row in &rows {
-            let mut line = String::from(" ");
-            for (column, (cell, width)) in row.iter().zip(&widths).enumerate() {
-                line.push_str("  ");
-                let pad = " ".repeat(width - cell.chars().count());
-                if matches!(column, 0 | 14) {
-                    line.push_str(cell);
-                    line.push_str(&pad);
-                } else {
-                    line.push_str(&pad);
-                    line.push_str(cell);
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
+        for line in crate::report::terminal::table(&rows, &[0, 14]).lines() {
+            let _ = writeln!(out, "   {line}");
         }
         if let Some(gain) = batching_gain(backend) {
             let _ = writeln!(

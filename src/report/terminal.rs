@@ -259,7 +259,7 @@ pub fn slowest_submissions<'a>(
 
 /// Lays out rows as columns two spaces apart: the `text_columns` read from the left, the others
 /// (numbers) line up on the right. Trailing spaces are trimmed.
-fn table(rows: &[Vec<String>], text_columns: &[usize]) -> String {
+pub(crate) fn table(rows: &[Vec<String>], text_columns: &[usize]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0; columns];
     for row in rows {
